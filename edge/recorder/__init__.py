@@ -1,0 +1,1 @@
+"""Recording: sources, segmenter, ring buffer, fan-out, export, snapshots."""

@@ -1,0 +1,1 @@
+"""The outbound uplink to the police hub. Filled by the uplink issue."""
