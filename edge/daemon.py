@@ -1,0 +1,239 @@
+"""The composition root: the only module that knows every part.
+
+`Daemon.run` recovers the ring buffer, starts one recorder thread per camera, the retention worker and
+the control socket, and runs until its stop event is set; then every recorder closes its open segment.
+The event loop only coordinates: media, disk and database work run on threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any, TypeVar
+
+from edge import control
+from edge.clock import NS_PER_MS, NS_PER_S, Clock
+from edge.config import Config
+from edge.credentials import Opener
+from edge.errors import NotFound
+from edge.recorder.camera import Backoff, CameraRecorder, CameraSpec, CameraStatus
+from edge.recorder.fanout import Fanout
+from edge.recorder.ringbuffer import RetentionPolicy, RetentionWorker, RingBuffer
+from edge.recorder.segmenter import SegmentPolicy
+from edge.redact import Redactor, redact_url
+from edge.store import Camera, Store
+
+log = logging.getLogger("edge.daemon")
+T = TypeVar("T")
+
+STOP_TIMEOUT_S = 15.0
+
+
+def segment_policy(config: Config) -> SegmentPolicy:
+    r = config.recording
+    return SegmentPolicy(
+        segment_ns=r.segment_s * NS_PER_S,
+        fragment_ms=r.fragment_ms,
+        flush_interval_ns=r.flush_interval_ms * NS_PER_MS,
+    )
+
+
+def retention_policy(config: Config) -> RetentionPolicy:
+    s = config.storage
+    recordings = s.data_dir / "recordings"
+
+    def budget() -> int:
+        return s.budget.resolve(shutil.disk_usage(recordings if recordings.exists() else s.data_dir).total)
+
+    return RetentionPolicy(
+        budget_bytes=budget, min_free_bytes=s.min_free_bytes, default_max_age_s=s.max_age_s
+    )
+
+
+def max_ages(store: Store) -> dict[int, int | None]:
+    """Every camera's max age, removed ones too: their footage ages out like the rest."""
+    return {c.id: c.max_age_s for c in store.cameras(include_removed=True)}
+
+
+class Daemon:
+    def __init__(self, config: Config, *, clock: Clock, redactor: Redactor) -> None:
+        self.config = config
+        self.data_dir = config.storage.data_dir
+        self._clock = clock
+        self._redactor = redactor
+        # The daemon's own database connection lives on this one thread.
+        self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="daemon-db")
+        self._store: Store | None = None
+        self._opener: Opener | None = None
+        self._ring = RingBuffer(self.data_dir, retention_policy(config), clock)
+        self._retention = RetentionWorker(self._ring, max_ages)
+        self._recorders: dict[int, CameraRecorder] = {}
+        self._fanouts: dict[int, Fanout] = {}
+        self._statuses: dict[int, CameraStatus] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reconcile_lock = asyncio.Lock()
+        self.ready = asyncio.Event()
+
+    async def _db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._store = await self._db(Store.open, self.data_dir)
+        store = self._store
+        report = await self._db(self._ring.recover, store)
+        if report.trimmed or report.adopted or report.quarantined:
+            log.info(
+                "recovery: %d trimmed, %d adopted, %d quarantined, %d bytes of torn tails cut",
+                len(report.trimmed),
+                len(report.adopted),
+                len(report.quarantined),
+                report.lost_bytes,
+                extra={"event": "recovery"},
+            )
+        self._opener = await self._db(Opener.load, self.data_dir)
+        self._retention.start()
+        server = await control.serve(
+            control.socket_path(self.data_dir),
+            {"reload": self._op_reload, "status": self._op_status, "snapshot": self._op_snapshot},
+        )
+        try:
+            await self.reconcile()
+            log.info("edge running with %d cameras", len(self._recorders), extra={"event": "daemon.ready"})
+            self.ready.set()
+            await stop.wait()
+        finally:
+            server.close()
+            await self._stop_all()
+            self._retention.stop(STOP_TIMEOUT_S)
+            await self._db(store.close)
+            self._db_pool.shutdown(wait=True)
+            control.socket_path(self.data_dir).unlink(missing_ok=True)
+            log.info("edge stopped", extra={"event": "daemon.stopped"})
+
+    async def _stop_all(self) -> None:
+        recorders = list(self._recorders.values())
+        self._recorders.clear()
+        for r in recorders:
+            r.stop()
+        await asyncio.gather(*(asyncio.to_thread(r.join, STOP_TIMEOUT_S) for r in recorders))
+
+    # --- cameras -------------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Make the running recorders match the cameras in the database (add, remove, changed)."""
+        async with self._reconcile_lock:
+            assert self._store is not None
+            cameras = await self._db(self._store.cameras)
+            wanted = {c.id: c for c in cameras}
+            for cid in [cid for cid in self._recorders if cid not in wanted]:
+                await self._stop_recorder(cid)
+            for cam in cameras:
+                spec = await self._db(self._spec, cam)
+                running = self._recorders.get(cam.id)
+                if running is not None and running.spec != spec:
+                    await self._stop_recorder(cam.id)
+                    running = None
+                if running is None:
+                    self._start_recorder(spec)
+
+    def _spec(self, cam: Camera) -> CameraSpec:
+        password = None
+        if cam.password_blob is not None:
+            assert self._opener is not None
+            password = self._opener.open(cam.password_blob, cam.url.encode())
+            self._redactor.add(password)
+        return CameraSpec(cam.id, cam.name, cam.url, cam.username, password)
+
+    def _start_recorder(self, spec: CameraSpec) -> None:
+        r = self.config.recording
+        fanout = self._fanouts.setdefault(spec.id, Fanout(spec.id, gop_cache_max_bytes=r.gop_cache_max_bytes))
+        rec = CameraRecorder(
+            spec,
+            data_dir=self.data_dir,
+            policy=segment_policy(self.config),
+            backoff=Backoff(r.reconnect_min_s, r.reconnect_max_s),
+            open_timeout_s=r.open_timeout_s,
+            read_timeout_s=r.read_timeout_s,
+            clock=self._clock,
+            ring=self._ring,
+            fanout=fanout,
+            on_status=self._on_status_threadsafe,
+        )
+        self._recorders[spec.id] = rec
+        rec.start()
+        log.info(
+            "camera started: %s", redact_url(spec.url), extra={"event": "camera.added", "camera": spec.id}
+        )
+
+    async def _stop_recorder(self, camera_id: int) -> None:
+        rec = self._recorders.pop(camera_id)
+        rec.stop()
+        await asyncio.to_thread(rec.join, STOP_TIMEOUT_S)
+        self._statuses.pop(camera_id, None)
+        self._retention.poke()
+        log.info("camera stopped", extra={"event": "camera.removed", "camera": camera_id})
+
+    def _on_status_threadsafe(self, status: CameraStatus) -> None:
+        """Called on camera threads."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._statuses.__setitem__, status.camera_id, status)
+
+    # --- queries (control socket ops; the web page will call the same) --------------------------
+
+    async def camera_table(self) -> list[dict[str, Any]]:
+        assert self._store is not None
+        cameras = await self._db(self._store.cameras)
+        stats = await self._db(self._store.camera_stats)
+        rows = []
+        for cam in cameras:
+            st = self._statuses.get(cam.id)
+            n, size, oldest, newest = stats.get(cam.id, (0, 0, None, None))
+            info = asdict(st.info) if st is not None and st.info is not None else None
+            rows.append(
+                {
+                    "id": cam.id,
+                    "name": cam.name,
+                    "url": redact_url(cam.url),
+                    "state": st.state if st is not None else "starting",
+                    "error_kind": st.error_kind if st is not None else None,
+                    "detail": self._redactor(st.detail) if st is not None else "",
+                    "retry_in_s": st.retry_in_s if st is not None else None,
+                    "stream": info,
+                    "segments": n,
+                    "bytes": size,
+                    "oldest_utc_ns": oldest,
+                    "newest_utc_ns": newest,
+                }
+            )
+        return rows
+
+    async def _op_reload(self, _req: dict[str, Any]) -> dict[str, Any]:
+        await self.reconcile()
+        return {"cameras": len(self._recorders)}
+
+    async def _op_status(self, _req: dict[str, Any]) -> dict[str, Any]:
+        return {"cameras": await self.camera_table()}
+
+    async def snapshot(self, camera_id: int) -> bytes:
+        fanout = self._fanouts.get(camera_id)
+        if fanout is None:
+            raise NotFound(f"camera {camera_id} is not recording")
+        description, packets = fanout.latest_gop()
+        if description is None or not packets:
+            raise NotFound(f"camera {camera_id} has no live picture yet")
+        from edge.recorder.snapshot import jpeg_from_gop
+
+        return await asyncio.to_thread(jpeg_from_gop, description, packets)
+
+    async def _op_snapshot(self, req: dict[str, Any]) -> dict[str, Any]:
+        jpeg = await self.snapshot(int(req.get("camera", -1)))
+        return {"jpeg_b64": base64.b64encode(jpeg).decode()}

@@ -1,0 +1,327 @@
+"""The box's one SQLite database: schema, migrations and the queries.
+
+WAL mode so camera threads, the CLI and the daemon can read while one writes. Every thread opens its own
+`Store` (sqlite3 connections must not be shared across threads). The schema version is `PRAGMA
+user_version`; migrations run in order inside one transaction each and never edit an earlier step.
+
+Durability: the recorder's index connection uses ``synchronous=NORMAL``: a power cut may roll back the
+last index commits, but never makes a row point past data that is on disk, because the file is fsync'd
+before its row commits and start-up recovery re-derives open segments from their files. Everything else
+(cameras, and later the audit log and replay guards) uses ``synchronous=FULL``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import sqlite_utils
+
+from edge.errors import NotFound, StorageError
+
+DB_NAME = "edge.db"
+
+SegmentState = Literal["open", "closed", "deleting"]
+
+
+@dataclass(frozen=True)
+class Camera:
+    id: int
+    name: str
+    url: str  # never carries credentials: those are in `username` / `password_blob`
+    username: str | None
+    password_blob: bytes | None
+    max_age_s: int | None
+    created_utc_ns: int
+    removed_utc_ns: int | None
+
+    @property
+    def active(self) -> bool:
+        return self.removed_utc_ns is None
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    camera_id: int
+    start_utc_ns: int
+    end_utc_ns: int
+    media_duration_ns: int
+    bytes: int
+    path: str  # relative to the data directory
+    codec: str
+    audio_codec: str | None
+    state: SegmentState
+
+
+@dataclass(frozen=True)
+class NewSegment:
+    camera_id: int
+    start_utc_ns: int
+    end_utc_ns: int
+    media_duration_ns: int
+    bytes: int
+    path: str
+    codec: str
+    audio_codec: str | None
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE cameras (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: recording paths use it
+            name TEXT NOT NULL,
+            url TEXT NOT NULL,
+            username TEXT,
+            password_blob BLOB,
+            max_age_s INTEGER CHECK (max_age_s IS NULL OR max_age_s > 0),
+            created_utc_ns INTEGER NOT NULL,
+            removed_utc_ns INTEGER
+        );
+        CREATE TABLE segments (
+            id INTEGER PRIMARY KEY,
+            camera_id INTEGER NOT NULL REFERENCES cameras(id),
+            start_utc_ns INTEGER NOT NULL,
+            end_utc_ns INTEGER NOT NULL,
+            media_duration_ns INTEGER NOT NULL CHECK (media_duration_ns >= 0),
+            bytes INTEGER NOT NULL CHECK (bytes >= 0),
+            path TEXT NOT NULL UNIQUE,
+            codec TEXT NOT NULL,
+            audio_codec TEXT,
+            state TEXT NOT NULL CHECK (state IN ('open', 'closed', 'deleting')),
+            CHECK (end_utc_ns >= start_utc_ns)
+        );
+        CREATE INDEX segments_by_camera ON segments(camera_id, start_utc_ns);
+        CREATE INDEX segments_by_start ON segments(start_utc_ns);
+        """
+    )
+
+
+# Append only. Each entry takes the schema from version i to i + 1.
+MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (_m1_initial,)
+
+
+class Store:
+    """One connection. Not thread-safe: open one per thread."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, data_dir: Path, *, durable: bool = True) -> Store:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path = data_dir / DB_NAME
+        try:
+            conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+        except sqlite3.Error as e:
+            raise StorageError(f"cannot open database {path}: {e}") from None
+        store = cls(conn, path)
+        store._migrate()
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        db = sqlite_utils.Database(self._conn)
+        version = self.schema_version
+        if version > len(MIGRATIONS):
+            raise StorageError(
+                f"database {self.path} has schema version {version}, newer than this edge ({len(MIGRATIONS)})"
+            )
+        for i in range(version, len(MIGRATIONS)):
+            with self.transaction():
+                # Re-check inside the write lock: another process may have migrated meanwhile.
+                if self.schema_version > i:
+                    continue
+                MIGRATIONS[i](db)
+                self._conn.execute(f"PRAGMA user_version={i + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT; rolls back on any exception."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # --- cameras -------------------------------------------------------------------------------
+
+    def add_camera(
+        self,
+        *,
+        name: str,
+        url: str,
+        username: str | None,
+        password_blob: bytes | None,
+        max_age_s: int | None,
+        now_utc_ns: int,
+    ) -> Camera:
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO cameras (name, url, username, password_blob, max_age_s, created_utc_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, url, username, password_blob, max_age_s, now_utc_ns),
+            )
+            assert cur.lastrowid is not None
+            camera_id = cur.lastrowid
+        return self.camera(camera_id)
+
+    def camera(self, camera_id: int) -> Camera:
+        row = self._conn.execute(f"SELECT {_CAMERA_COLS} FROM cameras WHERE id = ?", (camera_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no camera with id {camera_id}")
+        return Camera(*row)
+
+    def cameras(self, *, include_removed: bool = False) -> list[Camera]:
+        where = "" if include_removed else " WHERE removed_utc_ns IS NULL"
+        rows = self._conn.execute(f"SELECT {_CAMERA_COLS} FROM cameras{where} ORDER BY id").fetchall()
+        return [Camera(*r) for r in rows]
+
+    def remove_camera(self, camera_id: int, *, now_utc_ns: int) -> Camera:
+        """Stops recording it; its footage stays until retention deletes it."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE cameras SET removed_utc_ns = ? WHERE id = ? AND removed_utc_ns IS NULL",
+                (now_utc_ns, camera_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no active camera with id {camera_id}")
+        return self.camera(camera_id)
+
+    # --- segments ------------------------------------------------------------------------------
+
+    def insert_segment(self, seg: NewSegment) -> int:
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO segments (camera_id, start_utc_ns, end_utc_ns, media_duration_ns, bytes, path,"
+                " codec, audio_codec, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open')",
+                (
+                    seg.camera_id,
+                    seg.start_utc_ns,
+                    seg.end_utc_ns,
+                    seg.media_duration_ns,
+                    seg.bytes,
+                    seg.path,
+                    seg.codec,
+                    seg.audio_codec,
+                ),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def update_segment(
+        self,
+        segment_id: int,
+        *,
+        end_utc_ns: int,
+        media_duration_ns: int,
+        bytes_: int,
+        state: SegmentState | None = None,
+    ) -> None:
+        """Advance an open segment (or close it). Only open rows move: earlier rows are never rewritten."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE segments SET end_utc_ns = ?, media_duration_ns = ?, bytes = ?,"
+                " state = COALESCE(?, state) WHERE id = ? AND state = 'open'",
+                (end_utc_ns, media_duration_ns, bytes_, state, segment_id),
+            )
+            if cur.rowcount != 1:
+                raise StorageError(f"segment {segment_id} is not open")
+
+    def segment(self, segment_id: int) -> Segment:
+        row = self._conn.execute(
+            f"SELECT {_SEGMENT_COLS} FROM segments WHERE id = ?", (segment_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no segment with id {segment_id}")
+        return Segment(*row)
+
+    def segments(
+        self,
+        *,
+        camera_id: int | None = None,
+        from_utc_ns: int | None = None,
+        to_utc_ns: int | None = None,
+        states: Sequence[SegmentState] = ("open", "closed"),
+    ) -> list[Segment]:
+        """Segments overlapping [from, to], oldest first."""
+        where = [f"state IN ({','.join('?' * len(states))})"]
+        args: list[object] = list(states)
+        if camera_id is not None:
+            where.append("camera_id = ?")
+            args.append(camera_id)
+        if from_utc_ns is not None:
+            where.append("end_utc_ns >= ?")
+            args.append(from_utc_ns)
+        if to_utc_ns is not None:
+            where.append("start_utc_ns <= ?")
+            args.append(to_utc_ns)
+        sql = f"SELECT {_SEGMENT_COLS} FROM segments WHERE {' AND '.join(where)} ORDER BY start_utc_ns, id"
+        return [Segment(*r) for r in self._conn.execute(sql, args).fetchall()]
+
+    def oldest_closed_segments(self, limit: int) -> list[Segment]:
+        rows = self._conn.execute(
+            f"SELECT {_SEGMENT_COLS} FROM segments WHERE state = 'closed' ORDER BY start_utc_ns, id LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Segment(*r) for r in rows]
+
+    def expired_segments(self, camera_id: int, before_utc_ns: int) -> list[Segment]:
+        rows = self._conn.execute(
+            f"SELECT {_SEGMENT_COLS} FROM segments WHERE camera_id = ? AND state = 'closed'"
+            " AND end_utc_ns < ? ORDER BY start_utc_ns",
+            (camera_id, before_utc_ns),
+        ).fetchall()
+        return [Segment(*r) for r in rows]
+
+    def total_segment_bytes(self) -> int:
+        return int(
+            self._conn.execute(
+                "SELECT COALESCE(SUM(bytes), 0) FROM segments WHERE state != 'deleting'"
+            ).fetchone()[0]
+        )
+
+    def mark_deleting(self, segment_id: int) -> bool:
+        """Step 1 of a delete. False if the segment is not closed (open, or already being deleted)."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE segments SET state = 'deleting' WHERE id = ? AND state = 'closed'", (segment_id,)
+            )
+            return cur.rowcount == 1
+
+    def drop_segment(self, segment_id: int) -> None:
+        """Last step of a delete, after the unlink is durable."""
+        with self.transaction() as c:
+            c.execute("DELETE FROM segments WHERE id = ? AND state = 'deleting'", (segment_id,))
+
+    def camera_stats(self) -> dict[int, tuple[int, int, int | None, int | None]]:
+        """camera id → (segments, bytes, oldest start, newest end), open and closed segments."""
+        rows = self._conn.execute(
+            "SELECT camera_id, COUNT(*), COALESCE(SUM(bytes), 0), MIN(start_utc_ns), MAX(end_utc_ns)"
+            " FROM segments WHERE state != 'deleting' GROUP BY camera_id"
+        ).fetchall()
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+
+_CAMERA_COLS = "id, name, url, username, password_blob, max_age_s, created_utc_ns, removed_utc_ns"
+_SEGMENT_COLS = (
+    "id, camera_id, start_utc_ns, end_utc_ns, media_duration_ns, bytes, path, codec, audio_codec, state"
+)
