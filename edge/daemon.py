@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import shutil
 from collections.abc import Callable
@@ -166,6 +167,7 @@ class Daemon:
             ring=self._ring,
             fanout=fanout,
             on_status=self._on_status_threadsafe,
+            on_segment_closed=self._retention.poke,
         )
         self._recorders[spec.id] = rec
         rec.start()
@@ -184,8 +186,9 @@ class Daemon:
     def _on_status_threadsafe(self, status: CameraStatus) -> None:
         """Called on camera threads."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._statuses.__setitem__, status.camera_id, status)
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                loop.call_soon_threadsafe(self._statuses.__setitem__, status.camera_id, status)
 
     # --- queries (control socket ops; the web page will call the same) --------------------------
 

@@ -75,6 +75,7 @@ class CameraRecorder:
         ring: RingBuffer,
         fanout: Fanout,
         on_status: Callable[[CameraStatus], None],
+        on_segment_closed: Callable[[], None] | None = None,
     ) -> None:
         self.spec = spec
         self._data_dir = data_dir
@@ -86,6 +87,7 @@ class CameraRecorder:
         self._ring = ring
         self.fanout = fanout
         self._on_status = on_status
+        self._on_segment_closed = on_segment_closed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{spec.id}", daemon=True)
         self._log = logging.LoggerAdapter(log, {"camera": spec.id})
@@ -182,6 +184,7 @@ class CameraRecorder:
                 store=store,
                 on_disk_full=lambda need: self._ring.make_room(store, need),
                 log=self._log,
+                on_segment_closed=self._on_segment_closed,
             )
             self.fanout.reset(StreamDescription(source.video, source.audio))
             self._set("recording", info=source.info, detail="", error_kind=None)

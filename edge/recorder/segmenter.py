@@ -131,6 +131,7 @@ class Segmenter:
         store: Store,
         on_disk_full: Callable[[int], bool],
         log: logging.LoggerAdapter[logging.Logger],
+        on_segment_closed: Callable[[], None] | None = None,
     ) -> None:
         self.camera_id = camera_id
         self._data_dir = data_dir
@@ -142,6 +143,7 @@ class Segmenter:
         self._clock = clock
         self._store = store
         self._on_disk_full = on_disk_full
+        self._on_segment_closed = on_segment_closed
         self._log = log
         self._seg: _Open | None = None
         self._held: av.Packet[Any] | None = None  # one video packet held back to learn its duration
@@ -384,7 +386,7 @@ class Segmenter:
         self._seg = None
         try:
             if seg.fragments == 0:
-                # Nothing playable was written (stopped within the first fragment): an empty file is not footage.
+                # Nothing playable was written (stopped inside the first fragment): not footage.
                 os.close(seg.fd)
                 os.unlink(seg.path)
                 fsync_dir(seg.path.parent)
@@ -399,6 +401,8 @@ class Segmenter:
         except OSError as e:
             raise StorageError(f"closing {seg.relpath}: {e.strerror}") from None
         self.segments_closed += 1
+        if self._on_segment_closed is not None:
+            self._on_segment_closed()  # retention runs now, so the budget holds to within one segment
         self._log.info(
             "segment closed %s media=%.3fs bytes=%d",
             seg.relpath,
