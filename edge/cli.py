@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from edge import control
 from edge.clock import NS_PER_S, SystemClock
@@ -239,8 +239,8 @@ def cmd_cameras_add(args: argparse.Namespace) -> int:
     password: str | None = None
     if parts.username or parts.password:
         # Credentials typed into the URL are moved out of it: the URL is stored and shown without them.
-        username = username or parts.username
-        password = parts.password
+        username = username or (unquote(parts.username) if parts.username else None)
+        password = unquote(parts.password) if parts.password is not None else None
         url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -347,7 +347,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         store.close()
     _out(
-        f"wrote {args.output} ({fmt_bytes(manifest.clip_size)}, {manifest.duration_s:.1f} s, sha256 {manifest.clip_sha256})"
+        f"wrote {args.output} ({fmt_bytes(manifest.clip_size)}, {manifest.duration_s:.1f} s,"
+        f" sha256 {manifest.clip_sha256})"
     )
     _out(
         f"manifest {args.output}.manifest.json"

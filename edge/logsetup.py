@@ -25,8 +25,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping
-from typing import TextIO
+from collections.abc import Mapping, MutableMapping
+from typing import Any, TextIO
 
 from edge.errors import ConfigError
 from edge.redact import Redactor
@@ -108,3 +108,19 @@ def configure_logging(level: str, redactor: Redactor, stream: TextIO | None = No
     handler.setFormatter(LineFormatter(redactor))
     root.addHandler(handler)
     root.setLevel(_LEVELS[level])
+
+
+class BoundLogger(logging.LoggerAdapter[logging.Logger]):
+    """A logger with fixed fields (e.g. ``camera``) that *merges* a call's own ``extra`` into them.
+
+    The stock adapter replaces a call's ``extra`` with its own before Python 3.13, which would silently
+    drop every ``event=`` field logged through it.
+    """
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+def bind(logger: logging.Logger, **fields: object) -> BoundLogger:
+    return BoundLogger(logger, fields)

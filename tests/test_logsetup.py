@@ -397,3 +397,16 @@ def test_registered_secret_never_survives_in_any_encoding(secret: str, noise: st
     for form in (secret, encoded, lower_hex, quote_plus(secret, safe=""), quote(secret, safe=":@")):
         assert redactor(form) == "***"
         assert secret not in redactor(noise + form + noise)
+
+
+def test_bound_logger_keeps_the_calls_own_fields() -> None:
+    import io
+
+    from edge.logsetup import bind, configure_logging
+    from edge.redact import Redactor
+
+    buf = io.StringIO()
+    configure_logging("info", Redactor(), buf)
+    bind(logging.getLogger("edge.test"), camera=7).warning("dropped", extra={"event": "audio_dropped"})
+    line = buf.getvalue().strip()
+    assert "camera=7" in line and "event=audio_dropped" in line, line

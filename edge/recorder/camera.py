@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edge.clock import Clock
 from edge.errors import SourceError, StorageError
+from edge.logsetup import bind
 from edge.recorder.fanout import Fanout, MediaPacket, StreamDescription
 from edge.recorder.ringbuffer import RingBuffer
 from edge.recorder.segmenter import Segmenter, SegmentPolicy
@@ -90,7 +91,7 @@ class CameraRecorder:
         self._on_segment_closed = on_segment_closed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"camera-{spec.id}", daemon=True)
-        self._log = logging.LoggerAdapter(log, {"camera": spec.id})
+        self._log = bind(log, camera=spec.id)
         self._warned: set[str] = set()
         self._status = CameraStatus(spec.id, "starting", since_utc_ns=clock.now_utc_ns())
 

@@ -266,7 +266,9 @@ class Segmenter:
                 format="mp4",
                 options={
                     "movflags": "empty_moov+default_base_moof",
-                    "frag_duration": str(self._policy.fragment_ms * 1000),
+                    # libav cuts when a packet arrives >= frag_duration after the fragment's start, so a
+                    # jittery camera could overrun by a frame: cut 5 % early to stay within fragment_ms.
+                    "frag_duration": str(self._policy.fragment_ms * 950),
                 },
                 buffer_size=self._policy.io_buffer_bytes,
             )

@@ -71,9 +71,17 @@ def with_credentials(url: str, username: str | None, password: str | None) -> st
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
 
 
-def _translate(e: BaseException, safe_url: str, secrets: tuple[str, ...]) -> SourceError:
-    """PyAV/OS error -> SourceError with a kind and a message free of credentials."""
+def _translate(
+    e: BaseException, safe_url: str, secrets: tuple[str, ...], *, timed_out: bool = False
+) -> SourceError:
+    """PyAV/OS error -> SourceError with a kind and a message free of credentials.
+
+    libav reports an RTSP server that never answers as "invalid data" once its interrupt callback fires,
+    so the caller says whether the whole timeout had elapsed.
+    """
     kind = "unreachable"
+    if timed_out:
+        return SourceError(f"{safe_url}: no answer within the timeout", kind="timeout")
     if isinstance(e, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError):
         kind = "auth_failed"
     elif isinstance(e, av.error.HTTPNotFoundError):
@@ -105,14 +113,17 @@ class RtspSource:
     ) -> None:
         self.url = url  # without credentials
         self._secrets = tuple(s for s in (password,) if s)
+        self._read_timeout_s = read_timeout_s
         full = with_credentials(url, username, password)
         options = {"rtsp_transport": "tcp", "rtsp_flags": "prefer_tcp", "allowed_media_types": "video+audio"}
+        started = time.monotonic()
         try:
             self._container: av.container.InputContainer = av.open(
                 full, options=options, timeout=(open_timeout_s, read_timeout_s)
             )
         except (av.error.FFmpegError, OSError) as e:
-            raise _translate(e, url, self._secrets) from None
+            timed_out = time.monotonic() - started >= 0.9 * open_timeout_s
+            raise _translate(e, url, self._secrets, timed_out=timed_out) from None
         finally:
             del full
         try:
@@ -147,13 +158,16 @@ class RtspSource:
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         wanted = [self.video] + ([self.audio] if self.audio is not None else [])
+        last = time.monotonic()
         try:
             for pkt in self._container.demux(wanted):
+                last = time.monotonic()
                 if pkt.dts is None:  # demux's end-of-stream flush packets
                     continue
                 yield pkt
         except (av.error.FFmpegError, OSError) as e:
-            raise _translate(e, self.url, self._secrets) from None
+            timed_out = time.monotonic() - last >= 0.9 * self._read_timeout_s
+            raise _translate(e, self.url, self._secrets, timed_out=timed_out) from None
 
     def close(self) -> None:
         with contextlib.suppress(av.error.FFmpegError, OSError):

@@ -1,0 +1,96 @@
+"""Shared fixtures: pre-encoded clips, the real RTSP camera (gst-rtsp-server), bad cameras, ffprobe.
+
+Nothing here skips when a tool is missing: ``make test`` installs ffmpeg and GStreamer, and a missing tool
+must fail loudly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.peers.garbage import JunkServer, SilentServer
+from tests.peers.media import make_media
+from tests.peers.rtsp_server import RtspPeer
+
+# Every RTSP peer a session fixture started, so a test that stops or freezes one gets it back afterwards.
+_RTSP_PEERS: list[RtspPeer] = []
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test clips (see tests/peers/media.py), encoded once per session."""
+    d = tmp_path_factory.mktemp("media")
+    make_media(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def rtsp_server(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RtspPeer]:
+    """A real RTSP server on 127.0.0.1 serving every clip as ``/<clip>``, plus ``/auth`` and
+    ``/bench/<clip>/<0..3>``.
+
+    ``.url(mount, user=None, password=None)``, ``.auth_user``/``.auth_password`` (``/auth`` wants them),
+    ``.stop()``/``.start()`` (same port: the camera goes away and comes back), ``.kill()`` (abrupt),
+    ``.freeze()``/``.thaw()`` (a hung camera: connections stay open, nothing arrives). A test that stops or
+    freezes it gets it running again after the test. The server's log is ``rtsp_server.log`` in the session
+    temp dir.
+    """
+    log_path = tmp_path_factory.mktemp("rtsp") / "rtsp_server.log"
+    with log_path.open("a", encoding="utf-8") as log:
+        peer = RtspPeer(media_dir, mount_copies=4, log=log)
+        peer.start()
+        _RTSP_PEERS.append(peer)
+        try:
+            yield peer
+        finally:
+            _RTSP_PEERS.remove(peer)
+            peer.stop()
+
+
+@pytest.fixture(autouse=True)
+def _rtsp_server_back_up() -> Iterator[None]:
+    yield
+    for peer in _RTSP_PEERS:
+        peer.thaw()
+        if not peer.running:
+            peer.start()
+
+
+@pytest.fixture(scope="session")
+def garbage_rtsp_url() -> Iterator[str]:
+    """An rtsp:// URL whose server answers junk bytes instead of RTSP, then hangs up."""
+    with JunkServer() as junk:
+        yield junk.url
+
+
+@pytest.fixture(scope="session")
+def silent_rtsp_url() -> Iterator[str]:
+    """An rtsp:// URL whose server accepts the connection and never answers."""
+    with SilentServer() as silent:
+        yield silent.url
+
+
+def run_ffprobe(path: Path | str) -> dict[str, Any]:
+    """``ffprobe -show_format -show_streams`` as a dict; raises with ffprobe's message if it fails."""
+    proc = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"ffprobe {path} failed ({proc.returncode}): {proc.stderr.strip()}")
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+@pytest.fixture
+def ffprobe_json() -> Callable[[Path | str], dict[str, Any]]:
+    """``ffprobe_json(path) -> dict`` (format + streams)."""
+    return run_ffprobe
