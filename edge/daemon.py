@@ -26,6 +26,7 @@ from edge.recorder.camera import Backoff, CameraRecorder, CameraSpec, CameraStat
 from edge.recorder.fanout import Fanout
 from edge.recorder.ringbuffer import RetentionPolicy, RetentionWorker, RingBuffer
 from edge.recorder.segmenter import SegmentPolicy
+from edge.recorder.snapshot import jpeg_from_gop
 from edge.redact import Redactor, redact_url
 from edge.store import Camera, Store
 
@@ -233,8 +234,6 @@ class Daemon:
         description, packets = fanout.latest_gop()
         if description is None or not packets:
             raise NotFound(f"camera {camera_id} has no live picture yet")
-        from edge.recorder.snapshot import jpeg_from_gop
-
         return await asyncio.to_thread(jpeg_from_gop, description, packets)
 
     async def _op_snapshot(self, req: dict[str, Any]) -> dict[str, Any]:

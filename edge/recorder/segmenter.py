@@ -154,6 +154,11 @@ class Segmenter:
         self.clock_steps = 0
         self.dropped_packets = 0
 
+    @staticmethod
+    def _codec(stream: av.stream.Stream) -> str:
+        """The format's name for the codec ("h264"), not the encoder's ("libx264")."""
+        return str(stream.codec_context.codec.canonical_name)
+
     # --- packets -------------------------------------------------------------------------------
 
     def push(self, pkt: av.Packet[Any], *, is_video: bool) -> None:
@@ -273,7 +278,7 @@ class Segmenter:
                 buffer_size=self._policy.io_buffer_bytes,
             )
             vstream = container.add_stream_from_template(self._video)
-            if self._video.codec_context.name == "hevc":
+            if self._codec(self._video) == "hevc":
                 vstream.codec_tag = "hvc1"  # what browsers and Apple players require for H.265 in MP4
             astream = container.add_stream_from_template(self._audio) if self._audio is not None else None
         except (av.error.FFmpegError, OSError) as e:
@@ -346,8 +351,8 @@ class Segmenter:
                     media_duration_ns=seg.media_ns,
                     bytes=seg.complete_end,
                     path=seg.relpath,
-                    codec=self._video.codec_context.name,
-                    audio_codec=self._audio.codec_context.name if self._audio is not None else None,
+                    codec=self._codec(self._video),
+                    audio_codec=self._codec(self._audio) if self._audio is not None else None,
                 )
             )
             if state is None:
