@@ -84,8 +84,8 @@ class StorageConfig:
 @dataclass(frozen=True)
 class RecordingConfig:
     segment_s: int = 60
-    fragment_ms: int = 1000
-    flush_interval_ms: int = 1000
+    fragment_ms: int = 500
+    flush_interval_ms: int = 500
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
     open_timeout_s: float = 10.0
@@ -123,8 +123,8 @@ min_free_bytes = "256 MiB"  # the free-space guard deletes the oldest segments b
 
 [recording]
 segment_s = 60              # 1..3600, cut at the next keyframe
-fragment_ms = 1000          # 100..1000: a power cut loses at most one fragment
-flush_interval_ms = 1000    # 10..1000, fsync batch
+fragment_ms = 500           # 100..1000: kill -9 loses at most about one fragment
+flush_interval_ms = 500     # 10..1000: fsync batch; a power cut loses at most this plus a fragment
 reconnect_min_s = 1.0
 reconnect_max_s = 30.0
 open_timeout_s = 10.0

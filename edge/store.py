@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import sqlite_utils
 
@@ -134,7 +134,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        return int(self._row("PRAGMA user_version")[0])
 
     def _migrate(self) -> None:
         db = sqlite_utils.Database(self._conn)
@@ -151,16 +151,30 @@ class Store:
                 MIGRATIONS[i](db)
                 self._conn.execute(f"PRAGMA user_version={i + 1}")
 
+    def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        """A read; like writes, a full disk or I/O error becomes a StorageError."""
+        try:
+            return self._conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as e:
+            raise StorageError(f"database {self.path.name}: {e}") from None
+
+    def _row(self, sql: str, args: Sequence[object] = ()) -> Any:
+        rows = self._rows(sql, args)
+        return rows[0] if rows else None
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE … COMMIT; rolls back on any exception."""
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as e:  # disk full, I/O error, locked past the busy timeout
+            raise StorageError(f"database {self.path.name}: {e}") from None
 
     # --- cameras -------------------------------------------------------------------------------
 
@@ -185,14 +199,14 @@ class Store:
         return self.camera(camera_id)
 
     def camera(self, camera_id: int) -> Camera:
-        row = self._conn.execute(f"SELECT {_CAMERA_COLS} FROM cameras WHERE id = ?", (camera_id,)).fetchone()
+        row = self._row(f"SELECT {_CAMERA_COLS} FROM cameras WHERE id = ?", (camera_id,))
         if row is None:
             raise NotFound(f"no camera with id {camera_id}")
         return Camera(*row)
 
     def cameras(self, *, include_removed: bool = False) -> list[Camera]:
         where = "" if include_removed else " WHERE removed_utc_ns IS NULL"
-        rows = self._conn.execute(f"SELECT {_CAMERA_COLS} FROM cameras{where} ORDER BY id").fetchall()
+        rows = self._rows(f"SELECT {_CAMERA_COLS} FROM cameras{where} ORDER BY id")
         return [Camera(*r) for r in rows]
 
     def remove_camera(self, camera_id: int, *, now_utc_ns: int) -> Camera:
@@ -247,9 +261,7 @@ class Store:
                 raise StorageError(f"segment {segment_id} is not open")
 
     def segment(self, segment_id: int) -> Segment:
-        row = self._conn.execute(
-            f"SELECT {_SEGMENT_COLS} FROM segments WHERE id = ?", (segment_id,)
-        ).fetchone()
+        row = self._row(f"SELECT {_SEGMENT_COLS} FROM segments WHERE id = ?", (segment_id,))
         if row is None:
             raise NotFound(f"no segment with id {segment_id}")
         return Segment(*row)
@@ -275,29 +287,25 @@ class Store:
             where.append("start_utc_ns <= ?")
             args.append(to_utc_ns)
         sql = f"SELECT {_SEGMENT_COLS} FROM segments WHERE {' AND '.join(where)} ORDER BY start_utc_ns, id"
-        return [Segment(*r) for r in self._conn.execute(sql, args).fetchall()]
+        return [Segment(*r) for r in self._rows(sql, args)]
 
     def oldest_closed_segments(self, limit: int) -> list[Segment]:
-        rows = self._conn.execute(
+        rows = self._rows(
             f"SELECT {_SEGMENT_COLS} FROM segments WHERE state = 'closed' ORDER BY start_utc_ns, id LIMIT ?",
             (limit,),
-        ).fetchall()
+        )
         return [Segment(*r) for r in rows]
 
     def expired_segments(self, camera_id: int, before_utc_ns: int) -> list[Segment]:
-        rows = self._conn.execute(
+        rows = self._rows(
             f"SELECT {_SEGMENT_COLS} FROM segments WHERE camera_id = ? AND state = 'closed'"
             " AND end_utc_ns < ? ORDER BY start_utc_ns",
             (camera_id, before_utc_ns),
-        ).fetchall()
+        )
         return [Segment(*r) for r in rows]
 
     def total_segment_bytes(self) -> int:
-        return int(
-            self._conn.execute(
-                "SELECT COALESCE(SUM(bytes), 0) FROM segments WHERE state != 'deleting'"
-            ).fetchone()[0]
-        )
+        return int(self._row("SELECT COALESCE(SUM(bytes), 0) FROM segments WHERE state != 'deleting'")[0])
 
     def mark_deleting(self, segment_id: int) -> bool:
         """Step 1 of a delete. False if the segment is not closed (open, or already being deleted)."""
@@ -314,10 +322,10 @@ class Store:
 
     def camera_stats(self) -> dict[int, tuple[int, int, int | None, int | None]]:
         """camera id → (segments, bytes, oldest start, newest end), open and closed segments."""
-        rows = self._conn.execute(
+        rows = self._rows(
             "SELECT camera_id, COUNT(*), COALESCE(SUM(bytes), 0), MIN(start_utc_ns), MAX(end_utc_ns)"
             " FROM segments WHERE state != 'deleting' GROUP BY camera_id"
-        ).fetchall()
+        )
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
 

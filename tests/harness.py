@@ -14,7 +14,7 @@ from typing import Any
 
 from edge import control
 from edge.errors import Error
-from edge.recorder.fmp4 import scan_file
+from edge.recorder.fmp4stream import scan_file
 from edge.store import Store
 
 EDGE = [sys.executable, "-m", "edge"]

@@ -23,7 +23,7 @@ import av
 import av.container
 import av.stream
 
-from edge.clock import NS_PER_S, SystemClock
+from edge.clock import NS_PER_S, Clock, SystemClock
 from edge.logsetup import bind
 from edge.recorder.camera import Backoff, CameraRecorder, CameraSpec, CameraStatus
 from edge.recorder.fanout import Fanout
@@ -96,6 +96,7 @@ def recording(
     *,
     camera_id: int | None = None,
     segment_s: float = 2.0,
+    clock: Clock | None = None,
 ) -> Iterator[Running]:
     """Record ``url`` until the block ends; then stop and join the recorder (its segment closes cleanly).
 
@@ -103,7 +104,7 @@ def recording(
     """
     if camera_id is None:
         camera_id = add_camera(data_dir, url)
-    clock = SystemClock()
+    clock = clock or SystemClock()
     ring = RingBuffer(data_dir, RetentionPolicy(budget_bytes=lambda: 1 << 40, min_free_bytes=0), clock)
     fanout = Fanout(camera_id)
     statuses: list[CameraStatus] = []

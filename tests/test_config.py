@@ -45,7 +45,7 @@ def test_no_file_gives_the_documented_defaults() -> None:
     assert config.storage.min_free_bytes == 256 * MiB
     assert config.storage.max_age_s is None
     rec = config.recording
-    assert (rec.segment_s, rec.fragment_ms, rec.flush_interval_ms) == (60, 1000, 1000)
+    assert (rec.segment_s, rec.fragment_ms, rec.flush_interval_ms) == (60, 500, 500)
     assert (rec.reconnect_min_s, rec.reconnect_max_s) == (1.0, 30.0)
     assert (rec.open_timeout_s, rec.read_timeout_s) == (10.0, 10.0)
     assert rec.gop_cache_max_bytes == 16 * MiB
@@ -134,7 +134,7 @@ def test_every_key_is_read() -> None:
 def test_a_section_may_set_only_some_keys() -> None:
     config = load_config_text("[recording]\nsegment_s = 30\n")
     assert config.recording.segment_s == 30
-    assert config.recording.fragment_ms == 1000
+    assert config.recording.fragment_ms == 500
     assert config.storage == load_config(None).storage
 
 

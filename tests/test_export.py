@@ -21,7 +21,10 @@ import edge
 from edge.clock import NS_PER_S
 from edge.errors import ExportError, NotFound
 from edge.recorder import export as export_module
-from edge.recorder.export import Manifest, export_clip, iso_utc, manifest_path_for, verify_manifest
+from edge.recorder import faststart as faststart_module
+from edge.recorder import manifest as manifest_module
+from edge.recorder.export import export_clip
+from edge.recorder.manifest import Manifest, iso_utc, manifest_path_for, verify_manifest
 from edge.store import Segment, Store
 from tests.peers.media import make_media
 from tests.recordings import add_camera, record, record_file, recording, segments
@@ -141,7 +144,8 @@ def test_across_a_segment_boundary(recorded: Recorded, tmp_path: Path) -> None:
 
 def test_across_a_gap_keeps_wall_time(recorded: Recorded, tmp_path: Path) -> None:
     last_of_first, first_of_second = recorded.first_run[-1], recorded.second_run[0]
-    t1 = last_of_first.end_utc_ns - 1_000_000_000
+    # Inside the first run's last segment (which may be shorter than a second: the run stopped anywhere).
+    t1 = max(last_of_first.start_utc_ns, last_of_first.end_utc_ns - 1_000_000_000)
     t2 = first_of_second.start_utc_ns + 1_500_000_000
     out = tmp_path / "gap.mp4"
 
@@ -358,7 +362,10 @@ def test_faststart_layout_and_hash(
     recorded: Recorded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_bytes: int, libav_above: int
 ) -> None:
     """edge moves the moov itself (hashing as it goes) in chunks of any size; near 4 GiB libav does it."""
+    # One chunk size for the moov move (faststart), the source hashes (export) and sha256_file (manifest).
+    monkeypatch.setattr(faststart_module, "CHUNK_BYTES", chunk_bytes)
     monkeypatch.setattr(export_module, "HASH_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(manifest_module, "HASH_CHUNK_BYTES", chunk_bytes)
     monkeypatch.setattr(export_module, "LIBAV_FASTSTART_ABOVE_BYTES", libav_above)
     t1 = recorded.first_run[0].start_utc_ns
     out = tmp_path / "clip.mp4"

@@ -11,7 +11,7 @@ import av
 import pytest
 
 from edge.clock import NS_PER_S
-from edge.recorder.fmp4 import scan_file
+from edge.recorder.fmp4stream import scan_file
 from edge.store import Segment
 from tests.harness import decodes, ffprobe, index_problems
 from tests.peers.rtsp_server import RtspPeer

@@ -12,7 +12,7 @@ import pytest
 
 from edge.errors import Malformed, NotFound
 from edge.recorder.fanout import MediaPacket, StreamDescription
-from edge.recorder.fmp4 import scan_file
+from edge.recorder.fmp4stream import scan_file
 from edge.recorder.snapshot import jpeg_from_gop, jpeg_from_segment
 from edge.store import Segment
 from tests.recordings import SYNTHETIC_RED, recording, segments, wait_for

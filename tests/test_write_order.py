@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.harness import EDGE, edge_cli, write_config
 
-LINE = re.compile(r"^(\d+) (?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
+LINE = re.compile(r"^(\d+)\s+(?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
 FD_PATH = re.compile(r"^(?:\d+)<([^>]*)>")
 
 

@@ -21,7 +21,10 @@ Invariants:
 Speed (it is benchmarked against ``ffmpeg -f concat -c copy``): per packet, Python does a bound check, a
 timestamp offset and the mux call; segments open without probing or decoding; the source hashes run on a
 worker thread beside libav; the clip is hashed while edge itself moves its ``moov`` to the front (the
-``+faststart`` layout), so no pass over the file is spent on hashing alone.
+``+faststart`` layout, :mod:`edge.recorder.faststart`), so no pass over the file is spent on hashing alone.
+
+This module plans and copies the clip and publishes it; the manifest's dataclasses, JSON form and
+verification live in :mod:`edge.recorder.manifest`.
 """
 
 from __future__ import annotations
@@ -30,17 +33,12 @@ import contextlib
 import errno
 import hashlib
 import itertools
-import json
 import logging
 import os
 import queue
-import struct
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -52,191 +50,27 @@ import av.stream
 
 import edge
 from edge.clock import NS_PER_MS, NS_PER_S
-from edge.errors import ExportError, Malformed, NotFound
+from edge.errors import ExportError
 from edge.fsutil import create_exclusive, fsync_dir
+from edge.recorder.faststart import faststart_and_hash
+from edge.recorder.manifest import (
+    HASH_CHUNK_BYTES,
+    MANIFEST_VERSION,
+    Gap,
+    Manifest,
+    SourceSegment,
+    iso_utc,
+    manifest_path_for,
+    sha256_file,
+)
 from edge.store import Segment, Store
 
 log = logging.getLogger("edge.recorder.export")
 
-MANIFEST_FORMAT = "edge-export-manifest"
-MANIFEST_VERSION = 1
-MANIFEST_SUFFIX = ".manifest.json"
 # Consecutive segments closer than this are one continuous run (the index rounds media time to ns).
 CONTIGUOUS_NS = NS_PER_MS
-HASH_CHUNK_BYTES = 4 << 20
 HASH_QUEUE_SEGMENTS = 8
 LIBAV_FASTSTART_ABOVE_BYTES = 3 << 30
-
-
-# --- the manifest ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SourceSegment:
-    """One recording segment the clip was cut from: ``sha256`` covers its first ``bytes`` bytes."""
-
-    path: str  # relative to the data directory
-    start_utc_ns: int
-    end_utc_ns: int
-    bytes: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Gap:
-    """A wall-time interval: footage missing between two segments (or, in ``overlaps``, recorded twice)."""
-
-    from_utc_ns: int
-    to_utc_ns: int
-
-    @property
-    def duration_ns(self) -> int:
-        return self.to_utc_ns - self.from_utc_ns
-
-
-@dataclass(frozen=True)
-class Manifest:
-    format_version: int
-    camera_id: int
-    requested_from_utc_ns: int
-    requested_to_utc_ns: int
-    clip_start_utc_ns: int  # wall time of clip time 0 (the first keyframe)
-    clip_end_utc_ns: int  # wall time just after the last video frame
-    sources: tuple[SourceSegment, ...]
-    gaps: tuple[Gap, ...]  # time jumps inside the clip
-    overlaps: tuple[Gap, ...]  # wall clock stepped back: later footage placed after the earlier
-    clip_file: str  # the clip's file name, next to the manifest
-    clip_sha256: str
-    clip_size: int
-    created_utc_ns: int
-    edge_version: str
-
-    @property
-    def duration_s(self) -> float:
-        """Length of the clip's timeline (gaps included)."""
-        return (self.clip_end_utc_ns - self.clip_start_utc_ns) / NS_PER_S
-
-    def to_json(self) -> str:
-        return json.dumps(self._to_obj(), indent=2) + "\n"
-
-    def _to_obj(self) -> dict[str, Any]:
-        return {
-            "format": MANIFEST_FORMAT,
-            "version": self.format_version,
-            "edge_version": self.edge_version,
-            "created": _instant(self.created_utc_ns),
-            "camera_id": self.camera_id,
-            "requested": {
-                "from": _instant(self.requested_from_utc_ns),
-                "to": _instant(self.requested_to_utc_ns),
-            },
-            "clip": {
-                "file": self.clip_file,
-                "start": _instant(self.clip_start_utc_ns),
-                "end": _instant(self.clip_end_utc_ns),
-                "sha256": self.clip_sha256,
-                "bytes": self.clip_size,
-            },
-            "sources": [
-                {
-                    "path": s.path,
-                    "start": _instant(s.start_utc_ns),
-                    "end": _instant(s.end_utc_ns),
-                    "bytes": s.bytes,
-                    "sha256": s.sha256,
-                }
-                for s in self.sources
-            ],
-            "gaps": [_interval(g) for g in self.gaps],
-            "overlaps": [_interval(g) for g in self.overlaps],
-        }
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Manifest:
-        """Parse a manifest; :class:`Malformed` names the first field that is wrong."""
-        try:
-            obj = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise Malformed(f"manifest is not JSON: {e}") from None
-        r = _Fields(obj, "manifest")
-        if r.text("format") != MANIFEST_FORMAT:
-            raise Malformed(f"manifest: format is not {MANIFEST_FORMAT!r}")
-        version = r.integer("version")
-        if version != MANIFEST_VERSION:
-            raise Malformed(
-                f"manifest: version {version} is not supported (this edge reads {MANIFEST_VERSION})"
-            )
-        req, clip = r.child("requested"), r.child("clip")
-        return cls(
-            format_version=version,
-            camera_id=r.integer("camera_id"),
-            requested_from_utc_ns=req.instant("from"),
-            requested_to_utc_ns=req.instant("to"),
-            clip_start_utc_ns=clip.instant("start"),
-            clip_end_utc_ns=clip.instant("end"),
-            sources=tuple(
-                SourceSegment(
-                    s.text("path"), s.instant("start"), s.instant("end"), s.integer("bytes"), s.text("sha256")
-                )
-                for s in r.children("sources")
-            ),
-            gaps=tuple(Gap(g.instant("from"), g.instant("to")) for g in r.children("gaps")),
-            overlaps=tuple(Gap(g.instant("from"), g.instant("to")) for g in r.children("overlaps")),
-            clip_file=clip.text("file"),
-            clip_sha256=clip.text("sha256"),
-            clip_size=clip.integer("bytes"),
-            created_utc_ns=r.instant("created"),
-            edge_version=r.text("edge_version"),
-        )
-
-
-def iso_utc(utc_ns: int) -> str:
-    """``2026-05-01T12:00:00.123456789Z``: ISO-8601, UTC, nanoseconds."""
-    s, ns = divmod(utc_ns, NS_PER_S)
-    return datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
-
-
-def _instant(utc_ns: int) -> dict[str, str]:
-    # Decimal string: UTC ns exceed the integers JSON readers keep exactly (2^53).
-    return {"utc_ns": str(utc_ns), "iso": iso_utc(utc_ns)}
-
-
-def _interval(g: Gap) -> dict[str, Any]:
-    return {"from": _instant(g.from_utc_ns), "to": _instant(g.to_utc_ns), "duration_ns": str(g.duration_ns)}
-
-
-class _Fields:
-    """Typed access to one JSON object of the manifest; errors name the field path."""
-
-    def __init__(self, obj: object, where: str) -> None:
-        if not isinstance(obj, dict):
-            raise Malformed(f"{where}: expected an object")
-        self._obj: dict[str, object] = obj
-        self._where = where
-
-    def _get(self, key: str, kind: type) -> Any:
-        value = self._obj.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise Malformed(f"{self._where}.{key}: expected {kind.__name__}")
-        return value
-
-    def text(self, key: str) -> str:
-        return str(self._get(key, str))
-
-    def integer(self, key: str) -> int:
-        return int(self._get(key, int))
-
-    def child(self, key: str) -> _Fields:
-        return _Fields(self._get(key, dict), f"{self._where}.{key}")
-
-    def children(self, key: str) -> list[_Fields]:
-        return [_Fields(v, f"{self._where}.{key}[{i}]") for i, v in enumerate(self._get(key, list))]
-
-    def instant(self, key: str) -> int:
-        text = self.child(key).text("utc_ns")
-        if not text.isascii() or not text.isdigit():
-            raise Malformed(f"{self._where}.{key}.utc_ns: expected a decimal string")
-        return int(text)
 
 
 # --- reading segments --------------------------------------------------------------------------------------
@@ -317,23 +151,6 @@ def bounded_url(path: Path, limit: int) -> str:
     if limit <= 0:
         raise ValueError(f"bounded read of {limit} bytes")  # subfile reads a 0 end as "to the end"
     return f"subfile,,start,0,end,{limit},,:file:{path.resolve()}"
-
-
-def sha256_file(path: Path, limit: int | None = None) -> tuple[str, int]:
-    """(hex SHA-256, bytes hashed) of the file, or of its first ``limit`` bytes; large chunks."""
-    sha = hashlib.sha256()
-    buf = bytearray(HASH_CHUNK_BYTES)
-    view = memoryview(buf)
-    done = 0
-    with path.open("rb", buffering=0) as f:
-        while limit is None or done < limit:
-            want = HASH_CHUNK_BYTES if limit is None else min(HASH_CHUNK_BYTES, limit - done)
-            got = f.readinto(view[:want])
-            if not got:
-                break
-            sha.update(view[:got])
-            done += got
-    return sha.hexdigest(), done
 
 
 # --- planning ----------------------------------------------------------------------------------------------
@@ -668,10 +485,6 @@ def _with_prefix(pkt: av.Packet[Any], prefix: bytes) -> av.Packet[Any]:
 # --- the export --------------------------------------------------------------------------------------------
 
 
-def manifest_path_for(out_path: Path) -> Path:
-    return out_path.with_name(out_path.name + MANIFEST_SUFFIX)
-
-
 def export_clip(
     store: Store,
     data_dir: Path,
@@ -755,10 +568,6 @@ def export_clip(
         extra={"event": "export.done", "camera": camera_id},
     )  # fmt: skip
     return manifest
-
-
-def _source(seg: Segment, sha256: str) -> SourceSegment:
-    return SourceSegment(seg.path, seg.start_utc_ns, seg.end_utc_ns, seg.bytes, sha256)
 
 
 def _no_footage(camera_id: int, from_utc_ns: int, to_utc_ns: int) -> ExportError:
@@ -868,135 +677,13 @@ def _close_quietly(container: av.container.InputContainer | av.container.OutputC
 def _finish_clip(tmp: Path, *, libav_faststart: bool) -> tuple[str, int]:
     """Give the clip its faststart layout (unless libav did), fsync it; (hex SHA-256, size)."""
     if not libav_faststart:
-        return _faststart(tmp)
+        return faststart_and_hash(tmp)
     fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     return sha256_file(tmp)
-
-
-class _OrderedSha256:
-    """SHA-256 of chunks fed in order from one thread and hashed on another, so hashing overlaps I/O."""
-
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="export-hash")
-        self._pending: deque[Future[None]] = deque()
-
-    def update(self, data: bytes) -> None:
-        self._pending.append(self._pool.submit(self._sha.update, data))
-        while len(self._pending) > 4:  # bounded memory
-            self._pending.popleft().result()
-
-    def hexdigest(self) -> str:
-        try:
-            while self._pending:
-                self._pending.popleft().result()
-        finally:
-            self._pool.shutdown()
-        return self._sha.hexdigest()
-
-
-def _faststart(path: Path) -> tuple[str, int]:
-    """Move the ``moov`` in front of the media data, in place (what libav's ``+faststart`` does), hashing
-    the final bytes as they are written, so the clip's SHA-256 needs no extra pass over the file; fsync.
-
-    Returns (hex SHA-256, size). Layout before: ``ftyp`` … ``mdat`` ``moov``; after: ``ftyp`` ``moov`` …
-    ``mdat``.
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    sha = _OrderedSha256()
-    try:
-        size = os.fstat(fd).st_size
-        boxes = _top_level_boxes(fd, size)
-        if [b[0] for b in boxes[:1]] != ["ftyp"] or boxes[-1][0] != "moov" or len(boxes) < 3:
-            raise ExportError(f"unexpected box layout from the muxer: {[b[0] for b in boxes]}")
-        head_end, (_, moov_at, moov_size) = boxes[0][2], boxes[-1]
-        moov = bytearray(os.pread(fd, moov_size, moov_at))
-        _shift_chunk_offsets(moov, moov_size, 16 if struct.unpack_from(">I", moov)[0] == 1 else 8)
-        sha.update(os.pread(fd, head_end, 0))
-        sha.update(bytes(moov))
-        # Media [head_end, moov_at) moves up by moov_size; a chunk may be written only once the bytes it
-        # lands on have been read, so reading stays moov_size ahead of writing.
-        read_at, pending = head_end, deque[tuple[int, bytes]]()
-        while read_at < min(head_end + moov_size, moov_at):
-            read_at = _read_chunk(fd, read_at, moov_at, pending)
-        _pwrite_all(fd, moov, head_end)
-        while pending:
-            src, data = pending.popleft()
-            while read_at < moov_at and read_at < src + moov_size + len(data):
-                read_at = _read_chunk(fd, read_at, moov_at, pending)
-            _pwrite_all(fd, data, src + moov_size)
-            sha.update(data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        digest = sha.hexdigest()
-    return digest, size
-
-
-def _read_chunk(fd: int, at: int, end: int, pending: deque[tuple[int, bytes]]) -> int:
-    data = os.pread(fd, min(HASH_CHUNK_BYTES, end - at), at)
-    if not data:
-        raise ExportError("the clip file shrank while it was being finished")
-    pending.append((at, data))
-    return at + len(data)
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray, at: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, at)
-        view, at = view[n:], at + n
-
-
-def _top_level_boxes(fd: int, size: int) -> list[tuple[str, int, int]]:
-    """(type, offset, size) of the file's top-level boxes."""
-    boxes, pos = [], 0
-    while pos < size:
-        head = os.pread(fd, 16, pos)
-        if len(head) < 8:
-            raise ExportError(f"truncated box header at offset {pos} of the clip")
-        box_size, kind = struct.unpack_from(">I4s", head)
-        if box_size == 1:
-            (box_size,) = struct.unpack_from(">Q", head, 8)
-        elif box_size == 0:
-            box_size = size - pos
-        if box_size < 8 or pos + box_size > size:
-            raise ExportError(f"bad box size {box_size} at offset {pos} of the clip")
-        boxes.append((kind.decode("latin-1"), pos, box_size))
-        pos += box_size
-    return boxes
-
-
-_CONTAINERS = frozenset({b"moov", b"trak", b"mdia", b"minf", b"stbl"})
-
-
-def _shift_chunk_offsets(moov: bytearray, delta: int, start: int = 8, end: int | None = None) -> None:
-    """Add ``delta`` to every chunk offset (``stco``/``co64``) inside the ``moov`` box held in ``moov``."""
-    pos, stop = start, len(moov) if end is None else end
-    while pos + 8 <= stop:
-        size, kind = struct.unpack_from(">I4s", moov, pos)
-        header = 8
-        if size == 1:
-            (size,) = struct.unpack_from(">Q", moov, pos + 8)
-            header = 16
-        if size < header or pos + size > stop:
-            raise ExportError(f"bad {kind!r} box in the clip's moov")
-        if kind in _CONTAINERS:
-            _shift_chunk_offsets(moov, delta, pos + header, pos + size)
-        elif kind in (b"stco", b"co64"):
-            wide = kind == b"co64"
-            (count,) = struct.unpack_from(">I", moov, pos + header + 4)
-            fmt = f">{count}{'Q' if wide else 'I'}"
-            at = pos + header + 8
-            offsets = [o + delta for o in struct.unpack_from(fmt, moov, at)]
-            if offsets and not wide and max(offsets) > 0xFFFF_FFFF:
-                raise ExportError("clip too large for 32-bit chunk offsets")
-            struct.pack_into(fmt, moov, at, *offsets)
-        pos += size
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -1028,45 +715,3 @@ def _write_exclusive(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-# --- verification ------------------------------------------------------------------------------------------
-
-
-def verify_manifest(manifest_path: Path, data_dir: Path | None) -> list[str]:
-    """Check a clip (next to its manifest) against the manifest and, given ``data_dir``, the source
-    segments still in the ring buffer. Returns the problems found; empty means everything matched.
-
-    Raises :class:`NotFound` if the manifest is missing and :class:`Malformed` if it cannot be parsed.
-    Blocking (hashes files): call it off the event loop.
-    """
-    try:
-        manifest = Manifest.from_json(manifest_path.read_bytes())
-    except FileNotFoundError:
-        raise NotFound(f"no manifest at {manifest_path}") from None
-    problems: list[str] = []
-    clip = manifest_path.parent / manifest.clip_file
-    if not clip.is_file():
-        problems.append(f"clip {manifest.clip_file}: missing")
-    else:
-        digest, size = sha256_file(clip)
-        if size != manifest.clip_size:
-            problems.append(f"clip {manifest.clip_file}: {size} bytes, manifest says {manifest.clip_size}")
-        if digest != manifest.clip_sha256:
-            problems.append(f"clip {manifest.clip_file}: SHA-256 {digest} does not match the manifest")
-    if data_dir is not None:
-        for src in manifest.sources:
-            problems.extend(_verify_source(data_dir, src))
-    return problems
-
-
-def _verify_source(data_dir: Path, src: SourceSegment) -> list[str]:
-    path = data_dir / src.path
-    if not path.is_file():
-        return [f"source {src.path}: missing (deleted by retention?)"]
-    digest, size = sha256_file(path, src.bytes)
-    if size < src.bytes:
-        return [f"source {src.path}: {size} bytes, manifest used {src.bytes}"]
-    if digest != src.sha256:
-        return [f"source {src.path}: SHA-256 of its first {src.bytes} bytes does not match the manifest"]
-    return []

@@ -1,15 +1,13 @@
-"""Fragmented MP4 (ISO/IEC 14496-12) box parsing for the recorder.
+"""Fragmented MP4 (ISO/IEC 14496-12) box parsing for the recorder: box headers, the init segment, ``moof``.
 
 The segmenter remuxes camera packets with libav's mp4 muxer (``movflags=empty_moov+default_base_moof``,
 ``frag_duration``): a file is ``ftyp``, ``moov`` (with ``mvex/trex``), then ``moof`` + ``mdat`` pairs, and an
-``mfra`` at a clean close. This module answers two questions, byte-exactly:
-
-* while writing: when is the init segment, and then each fragment, complete? (:class:`FragmentTracker`, fed
-  the bytes libav writes, in whatever chunks it writes them);
-* after a crash: where does the last complete fragment of a file end? (:func:`scan_file`).
+``mfra`` at a clean close. This module parses those boxes, byte-exactly; following a stream or a file box by
+box (when is a fragment complete, where does a torn file's last complete fragment end) is
+:mod:`edge.recorder.fmp4stream`'s job.
 
 Every parser is pure (bytes in, frozen dataclass out) and raises :class:`~edge.errors.Malformed` with the box
-path and its offset; only :func:`scan_file` reads a file. Nothing here buffers an ``mdat`` payload.
+path and its offset; nothing here reads a file or buffers an ``mdat`` payload.
 """
 
 from __future__ import annotations
@@ -17,17 +15,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Final, NoReturn
+from typing import Final, NoReturn
 
 from edge.errors import Malformed
 
 NS_PER_S: Final = 1_000_000_000
-# moov and moof are buffered whole; a box claiming more than this is garbage, not a bigger camera.
-MAX_BUFFERED_BOX: Final = 16 * 1024 * 1024
-# Top-level boxes that may appear in a fragmented file and carry nothing the recorder needs.
-SKIPPED_BOXES: Final = frozenset(
-    {"free", "skip", "uuid", "styp", "sidx", "ssix", "prft", "emsg", "mfra", "udta", "meta", "pdin"}
-)
 
 SAMPLE_IS_NON_SYNC: Final = 0x0001_0000
 
@@ -75,15 +67,13 @@ def _fourcc(raw: bytes | memoryview) -> str:
     return bytes(raw).decode("latin-1")
 
 
-def _header_length(first8: bytes | bytearray | memoryview) -> int:
+def header_length(first8: bytes | bytearray | memoryview) -> int:
     """Full header length implied by a box's first 8 bytes."""
     (size,) = struct.unpack_from(">I", first8, 0)
     return (16 if size == 1 else 8) + (16 if bytes(first8[4:8]) == b"uuid" else 0)
 
 
-def _decode_header(
-    buf: bytes | bytearray | memoryview, pos: int, offset: int, limit: int | None
-) -> BoxHeader:
+def decode_header(buf: bytes | bytearray | memoryview, pos: int, offset: int, limit: int | None) -> BoxHeader:
     """Decode a complete header at ``buf[pos:]`` for a box at absolute ``offset``.
 
     ``limit`` is the absolute end a ``size == 0`` box extends to; ``None`` refuses such a box (a stream).
@@ -114,10 +104,10 @@ def _iter(buf: memoryview, start: int, end: int, base: int, parent: str) -> Iter
         offset = base + pos
         if end - pos < 8:
             raise Malformed(f"{end - pos} stray bytes at offset {offset}{where}: too short for a box header")
-        need = _header_length(buf[pos : pos + 8])
+        need = header_length(buf[pos : pos + 8])
         if end - pos < need:
             raise Malformed(f"box header at offset {offset}{where} needs {need} bytes, {end - pos} left")
-        header = _decode_header(buf, pos, offset, base + end)
+        header = decode_header(buf, pos, offset, base + end)
         if header.end > base + end:
             raise Malformed(
                 f"{header.type!r} box at offset {offset}{where} has size {header.size}, "
@@ -228,13 +218,14 @@ def parse_init(data: bytes | memoryview) -> InitInfo:
     view = memoryview(data)
     for header in _iter(view, 0, len(view), 0, ""):
         if header.type == "moov":
-            return _parse_moov(view, header, 0)
+            return parse_moov_box(view, header, 0)
         if header.type not in ("ftyp", "free", "skip", "uuid"):
             raise Malformed(f"{header.type!r} box at offset {header.offset} before the moov")
     raise Malformed(f"no moov box in {len(view)} bytes of init data")
 
 
-def _parse_moov(buf: memoryview, moov: BoxHeader, base: int) -> InitInfo:
+def parse_moov_box(buf: memoryview, moov: BoxHeader, base: int) -> InitInfo:
+    """Parse the ``moov`` box ``moov``, held in ``buf`` (``buf[0]`` sits at absolute offset ``base``)."""
     traks: list[TrackInfo] = []
     trexes: dict[int, tuple[int, int, int]] = {}
     mvex_seen = False
@@ -375,10 +366,11 @@ def parse_moof(moof: bytes | memoryview, init: InitInfo, moof_offset: int = 0) -
     header = next(_iter(view, 0, len(view), moof_offset, ""))  # checks the first box only
     if header.type != "moof":
         raise Malformed(f"expected a moof at offset {moof_offset}, found {header.type!r}")
-    return _parse_moof(view, header, moof_offset, init)
+    return parse_moof_box(view, header, moof_offset, init)
 
 
-def _parse_moof(buf: memoryview, moof: BoxHeader, base: int, init: InitInfo) -> FragmentInfo:
+def parse_moof_box(buf: memoryview, moof: BoxHeader, base: int, init: InitInfo) -> FragmentInfo:
+    """Parse the ``moof`` box ``moof``, held in ``buf`` (``buf[0]`` sits at absolute offset ``base``)."""
     sequence: int | None = None
     runs: list[TrackRun] = []
     data_end = moof.offset  # implicit base of a traf with neither base-data-offset nor default-base-is-moof
@@ -507,300 +499,3 @@ def _parse_trun(buf: memoryview, header: BoxHeader, base: int, tfhd: _Tfhd, next
     if data_offset < 0:
         r.fail(f"data offset {data_offset} is before the start of the file")
     return TrackRun(tfhd.track.track_id, 0, duration, count, first_sync, syncs, data_offset, data_size)
-
-
-# --- incremental tracking ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InitComplete:
-    end_offset: int
-    init: InitInfo
-
-
-@dataclass(frozen=True)
-class FragmentComplete:
-    """A ``moof`` and its ``mdat``: bytes ``[start_offset, end_offset)`` of the stream."""
-
-    start_offset: int
-    end_offset: int
-    info: FragmentInfo
-
-
-Event = InitComplete | FragmentComplete
-
-
-class _Layout:
-    """The order of top-level boxes in a fragmented file, shared by the tracker and the file scan."""
-
-    def __init__(self) -> None:
-        self.init: InitInfo | None = None
-        self.closed = False  # an mfra went by
-        self._first = True
-        self._moof: tuple[int, FragmentInfo] | None = None
-
-    def begin(self, header: BoxHeader) -> bool:
-        """Check a box whose header is complete; True if its body must be buffered."""
-        first, self._first = self._first, False
-        kind, at = header.type, f"{header.type!r} box at offset {header.offset}"
-        if self.init is None:
-            if kind == "ftyp" and not first:
-                raise Malformed(f"{at} is not the first box")
-            if kind not in ("ftyp", "moov", "free", "skip", "uuid"):
-                raise Malformed(f"{at} before the moov (expected ftyp or moov)")
-        elif kind == "moof":
-            if self._moof is not None:
-                raise Malformed(f"{at} follows the moof at offset {self._moof[0]} without an mdat")
-        elif kind == "mdat":
-            if self._moof is None:
-                raise Malformed(f"{at} has no moof before it")
-            self._check_data(header)
-        elif kind not in SKIPPED_BOXES:
-            raise Malformed(f"unexpected {at} after the init segment")
-        buffered = kind in ("ftyp", "moov", "moof")
-        if buffered and header.size > MAX_BUFFERED_BOX:
-            raise Malformed(f"{at} claims {header.size} bytes, over the {MAX_BUFFERED_BOX} byte limit")
-        return buffered
-
-    def _check_data(self, mdat: BoxHeader) -> None:
-        assert self._moof is not None
-        moof_offset, info = self._moof
-        for run in info.runs:
-            if run.data_size and not mdat.body_offset <= run.data_offset <= mdat.end - run.data_size:
-                raise Malformed(
-                    f"moof at offset {moof_offset}: track {run.track_id} data "
-                    f"[{run.data_offset}, {run.data_offset + run.data_size}) is outside the mdat "
-                    f"[{mdat.body_offset}, {mdat.end})"
-                )
-
-    def end(self, header: BoxHeader, box: memoryview | None) -> Event | None:
-        """A box is complete; ``box`` holds its bytes (header included) if :meth:`begin` asked for them."""
-        if header.type == "moov":
-            assert box is not None
-            self.init = _parse_moov(box, header, header.offset)
-            return InitComplete(header.end, self.init)
-        if header.type == "moof" and self.init is not None:
-            assert box is not None
-            self._moof = (header.offset, _parse_moof(box, header, header.offset, self.init))
-        elif header.type == "mdat" and self._moof is not None:
-            start, info = self._moof
-            self._moof = None
-            return FragmentComplete(start, header.end, info)
-        elif header.type == "mfra":
-            self.closed = True
-        return None
-
-
-class FragmentTracker:
-    """Follows the bytes libav writes and says when the init segment and each fragment are complete.
-
-    Buffers only ftyp/moov/moof boxes (never an mdat payload); any chunking works. After a
-    :class:`Malformed`, the tracker refuses further input.
-    """
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self._layout = _Layout()
-        self._head = bytearray()
-        self._box: BoxHeader | None = None
-        self._body: bytearray | None = None
-        self._left = 0
-        self._box_start = 0
-        self._failed: Malformed | None = None
-
-    @property
-    def init(self) -> InitInfo | None:
-        return self._layout.init
-
-    @property
-    def closed(self) -> bool:
-        """True once an mfra (written by libav at a clean close) has gone by."""
-        return self._layout.closed
-
-    def feed(self, data: bytes | memoryview) -> list[InitComplete | FragmentComplete]:
-        if self._failed is not None:
-            raise Malformed(f"tracker failed earlier: {self._failed.message}")
-        try:
-            return self._feed(memoryview(data).cast("B"))
-        except Malformed as e:
-            self._failed = e
-            raise
-
-    def _feed(self, view: memoryview) -> list[Event]:
-        events: list[Event] = []
-        pos, n = 0, len(view)
-        while pos < n:
-            if self._box is None:
-                need = _header_length(self._head) if len(self._head) >= 8 else 8
-                take = min(need - len(self._head), n - pos)
-                self._head += view[pos : pos + take]
-                pos += take
-                if len(self._head) >= 8 and len(self._head) == _header_length(self._head):
-                    self._start_box()
-            else:
-                take = min(self._left, n - pos)
-                if self._body is not None:
-                    self._body += view[pos : pos + take]
-                pos += take
-                self._left -= take
-            if self._box is not None and self._left == 0:
-                event = self._end_box()
-                if event is not None:
-                    events.append(event)
-        self.offset += n
-        return events
-
-    def _start_box(self) -> None:
-        header = _decode_header(self._head, 0, self._box_start, None)
-        buffered = self._layout.begin(header)
-        self._box = header
-        self._body = bytearray(self._head) if buffered else None
-        self._left = header.size - header.header_size
-        self._head.clear()
-
-    def _end_box(self) -> Event | None:
-        header, body = self._box, self._body
-        assert header is not None
-        self._box, self._body = None, None
-        self._box_start = header.end
-        return self._layout.end(header, None if body is None else memoryview(body))
-
-
-# --- crash recovery ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileScan:
-    """What a (possibly torn) fragmented MP4 file holds.
-
-    ``complete_end`` is the end of the last complete moof+mdat (or of the init segment if none): truncating
-    the file there leaves a valid file. ``stop_reason`` says why the scan stopped before ``file_size`` (a
-    partial box, a zero-filled tail, a malformed box), or is None if every byte belonged to a complete box.
-    """
-
-    init: InitInfo
-    init_end: int
-    fragments: tuple[FragmentComplete, ...]
-    complete_end: int
-    file_size: int
-    closed: bool
-    stop_reason: str | None
-
-    @property
-    def main_track(self) -> TrackInfo:
-        """The video track, or the first track of an audio-only file: the one the media times follow."""
-        return self.init.video_track or self.init.tracks[0]
-
-    @property
-    def media_duration_ns(self) -> int:
-        """Summed duration of the main track's complete fragments."""
-        track = self.main_track
-        ticks = 0
-        for fragment in self.fragments:
-            run = fragment.info.run(track.track_id)
-            ticks += 0 if run is None else run.duration
-        return ticks_to_ns(ticks, track.timescale)
-
-    @property
-    def media_start_ns(self) -> int | None:
-        """Decode time of the main track's first sample, or None without fragments."""
-        track = self.main_track
-        starts = (f.info.media_start_ns(track.track_id, self.init) for f in self.fragments)
-        return next((s for s in starts if s is not None), None)
-
-    @property
-    def media_end_ns(self) -> int | None:
-        """Decode time just after the main track's last sample in a complete fragment."""
-        track = self.main_track
-        ends = (f.info.media_end_ns(track.track_id, self.init) for f in reversed(self.fragments))
-        return next((e for e in ends if e is not None), None)
-
-
-class _Torn(Exception):
-    """The file ends (or turns to zeros) inside a box."""
-
-
-class _Zeros(_Torn):
-    """Only zero bytes where the next box header should be."""
-
-
-def _read_exact(f: BinaryIO, offset: int, n: int) -> bytes:
-    f.seek(offset)
-    data = f.read(n)
-    if len(data) != n:
-        raise _Torn(f"read {len(data)} of {n} bytes at offset {offset}")
-    return data
-
-
-def scan_file(f: BinaryIO, size: int | None = None) -> FileScan:
-    """Find the complete fragments of a file, reading only box headers and moov/moof bodies.
-
-    A torn tail (partial box, moof without its full mdat, zero-filled tail) ends the scan without error, and
-    so does a malformed box after the init segment (nothing after it can be trusted); ``stop_reason`` says
-    which. A missing, torn or malformed ftyp/moov raises :class:`Malformed`.
-    """
-    file_size = f.seek(0, 2) if size is None else size
-    layout = _Layout()
-    fragments: list[FragmentComplete] = []
-    init_end = 0
-    pos = 0
-    stop_reason: str | None = None
-    zeros_after = True  # nothing, or zeros, follows the last box read
-    while pos < file_size:
-        try:
-            header = _scan_header(f, pos, file_size)
-            buffered = layout.begin(header)
-            body = memoryview(_read_exact(f, pos, header.size)) if buffered else None
-            event = layout.end(header, body)
-        except (_Torn, Malformed) as e:
-            if layout.init is None:
-                if isinstance(e, Malformed):
-                    raise
-                raise Malformed(f"init segment torn: {e}") from None
-            stop_reason, zeros_after = str(e), isinstance(e, _Zeros)
-            break
-        if isinstance(event, InitComplete):
-            init_end = event.end_offset
-        elif isinstance(event, FragmentComplete):
-            fragments.append(event)
-        pos = header.end
-    if layout.init is None:
-        raise Malformed(f"no moov in {file_size} bytes" if file_size else "empty file: no ftyp/moov")
-    last_box_is_fragment = bool(fragments) and fragments[-1].end_offset == pos
-    if last_box_is_fragment and zeros_after and _zero_tail(f, fragments[-1]):
-        dropped = fragments.pop()
-        stop_reason = f"fragment at offset {dropped.start_offset} ends in a zero byte: zero-filled tail"
-    complete_end = fragments[-1].end_offset if fragments else init_end
-    return FileScan(
-        layout.init, init_end, tuple(fragments), complete_end, file_size, layout.closed, stop_reason
-    )
-
-
-def _scan_header(f: BinaryIO, pos: int, file_size: int) -> BoxHeader:
-    head = _read_exact(f, pos, min(8, file_size - pos))
-    if head == bytes(len(head)):
-        raise _Zeros(f"zero-filled from offset {pos}")
-    if len(head) < 8:
-        raise _Torn(f"partial box header at offset {pos}")
-    need = _header_length(head)
-    if need > 8:
-        if file_size - pos < need:
-            raise _Torn(f"partial box header at offset {pos}")
-        head = _read_exact(f, pos, need)
-    header = _decode_header(head, 0, pos, file_size)
-    if header.end > file_size:
-        raise _Torn(
-            f"{header.type!r} box at offset {pos} needs {header.size} bytes, file ends at {file_size}"
-        )
-    return header
-
-
-def _zero_tail(f: BinaryIO, fragment: FragmentComplete) -> bool:
-    """True if the fragment's last byte is zero: the file was extended with zeros (a power cut after the size
-    reached the disk but not the data) from inside this mdat.
-
-    H.264/H.265 NAL units end in the rbsp stop bit and AAC frames in ID_END, so real data does not end in a
-    zero byte; an encoder appending cabac_zero_words would cost one good fragment here, only in recovery.
-    """
-    f.seek(fragment.end_offset - 1)
-    return f.read(1) == b"\x00"

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edge.clock import NS_PER_S, Clock
-from edge.errors import Malformed, NotFound
+from edge.errors import Malformed, NotFound, StorageError
 from edge.fsutil import fsync_dir, makedirs_durable
-from edge.recorder.fmp4 import FileScan, scan_file
+from edge.recorder.fmp4stream import FileScan, scan_file
 from edge.store import NewSegment, Segment, Store
 
 log = logging.getLogger("edge.recorder.ringbuffer")
@@ -45,6 +45,7 @@ class RetentionPolicy:
     budget_bytes: Callable[[], int]  # resolved lazily: a share of the partition can change with the disk
     min_free_bytes: int
     default_max_age_s: int | None = None
+    ballast_bytes: int = 4 << 20
 
 
 class RingBuffer:
@@ -73,6 +74,7 @@ class RingBuffer:
         for seg in store.segments(states=("open",)):
             self._recover_open(store, seg, report)
         self._adopt_orphans(store, report)
+        self._ensure_ballast()
         for what, items in (("trimmed", report.trimmed), ("adopted", report.adopted)):
             for p in items:
                 log.info("recovered segment %s (%s)", p, what, extra={"event": f"recovery.{what}"})
@@ -96,7 +98,7 @@ class RingBuffer:
             seg.id,
             end_utc_ns=seg.start_utc_ns + scan.media_duration_ns,
             media_duration_ns=scan.media_duration_ns,
-            bytes_=self._durable_end(scan),
+            bytes_=scan.durable_end,
             state="closed",
         )
         report.trimmed.append(seg.path)
@@ -148,7 +150,7 @@ class RingBuffer:
                 start_utc_ns=start,
                 end_utc_ns=start + scan.media_duration_ns,
                 media_duration_ns=scan.media_duration_ns,
-                bytes=self._durable_end(scan),
+                bytes=scan.durable_end,
                 path=rel,
                 codec=codec,
                 audio_codec="aac"
@@ -160,7 +162,7 @@ class RingBuffer:
             seg_id,
             end_utc_ns=start + scan.media_duration_ns,
             media_duration_ns=scan.media_duration_ns,
-            bytes_=self._durable_end(scan),
+            bytes_=scan.durable_end,
             state="closed",
         )
         report.adopted.append(rel)
@@ -173,17 +175,12 @@ class RingBuffer:
             self._quarantine(path, camera_id, report, str(e))
             return None
 
-    @staticmethod
-    def _durable_end(scan: FileScan) -> int:
-        """A file that was closed cleanly (its mfra is there) is kept whole."""
-        return scan.file_size if scan.closed else scan.complete_end
-
     def _trim(self, path: Path, scan: FileScan) -> int:
         """Cut a torn tail after the last complete fragment; returns the bytes cut."""
-        lost = scan.file_size - self._durable_end(scan)
+        lost = scan.file_size - scan.durable_end
         if lost > 0:
             with path.open("r+b") as f:
-                f.truncate(self._durable_end(scan))
+                f.truncate(scan.durable_end)
                 f.flush()
                 os.fsync(f.fileno())
         return lost
@@ -229,19 +226,62 @@ class RingBuffer:
             return deleted
 
     def guard(self, store: Store) -> int:
-        """The free-space guard alone (cheap: one statvfs unless it must delete)."""
+        """The free-space guard alone (one statvfs unless it must delete); also restores the ballast."""
         with self._lock:
-            return self._guard_free(store, 0)
+            deleted = self._guard_free(store, 0)
+            self._ensure_ballast()
+            return deleted
 
     def make_room(self, store: Store, need_bytes: int) -> bool:
-        """Called by a camera thread that hit ENOSPC. True if anything was freed."""
+        """Called by a camera thread that hit ENOSPC (the guard could not keep up). True if space was freed.
+
+        Freeing space needs database writes (the delete protocol), which a full disk refuses too: so the
+        ballast goes first, then the oldest segments, until the ballast fits again.
+        """
         with self._lock:
-            freed = self._guard_free(store, need_bytes)
+            dropped = self._drop_ballast()
+            try:
+                # Twice the ballast: room to put it back and still write for a while.
+                freed = self._guard_free(store, need_bytes + 2 * self.policy.ballast_bytes)
+            except StorageError as e:
+                log.error("disk full and cannot delete: %s", e, extra={"event": "disk_full"})
+                return dropped
+            self._ensure_ballast()
         if freed:
             log.warning(
                 "disk full: deleted %d oldest segments to keep recording", freed, extra={"event": "disk_full"}
             )
-        return freed > 0
+        return dropped or freed > 0
+
+    # --- ballast: a reserve that lets the delete protocol run on a full disk -------------------
+
+    @property
+    def ballast_path(self) -> Path:
+        return self.data_dir / "ballast"
+
+    def _ensure_ballast(self) -> None:
+        size = self.policy.ballast_bytes
+        if size <= 0 or self.ballast_path.exists() or self.free_bytes() < size + self.policy.min_free_bytes:
+            return
+        tmp = self.ballast_path.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)  # real blocks, not a sparse file
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.ballast_path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # no room yet: the guard tries again next tick
+
+    def _drop_ballast(self) -> bool:
+        try:
+            self.ballast_path.unlink()
+        except FileNotFoundError:
+            return False
+        log.warning("disk full: released the ballast reserve", extra={"event": "disk_full"})
+        return True
 
     def _guard_free(self, store: Store, need_bytes: int) -> int:
         floor = self.policy.min_free_bytes + need_bytes

@@ -35,7 +35,8 @@ import av.stream
 from edge.clock import NS_PER_MS, NS_PER_S, Clock
 from edge.errors import SourceError, StorageError
 from edge.fsutil import create_exclusive, fsync_dir, makedirs_durable
-from edge.recorder.fmp4 import FragmentComplete, FragmentTracker, InitComplete, InitInfo
+from edge.recorder.fmp4 import InitInfo
+from edge.recorder.fmp4stream import FragmentComplete, FragmentTracker, InitComplete
 from edge.store import NewSegment, SegmentState, Store
 
 DISK_FULL_RETRIES = 3
@@ -44,8 +45,8 @@ DISK_FULL_RETRIES = 3
 @dataclass(frozen=True)
 class SegmentPolicy:
     segment_ns: int = 60 * NS_PER_S
-    fragment_ms: int = 1000
-    flush_interval_ns: int = 1000 * NS_PER_MS
+    fragment_ms: int = 500
+    flush_interval_ns: int = 500 * NS_PER_MS
     clock_step_ns: int = 2 * NS_PER_S
     io_buffer_bytes: int = 256 * 1024
 
@@ -83,7 +84,7 @@ class _FileSink:
             except OSError as e:
                 # The free-space guard should have kept room; if not, make room now and retry, so a
                 # full disk never stops the recording.
-                if e.errno == errno.ENOSPC and retries < DISK_FULL_RETRIES and self._on_disk_full(len(view)):
+                if e.errno == errno.ENOSPC and retries < DISK_FULL_RETRIES and self._room_made(len(view)):
                     retries += 1
                     continue
                 self.error = e
@@ -92,6 +93,12 @@ class _FileSink:
         self.offset += len(data)
         self.events.extend(self.tracker.feed(data))
         return len(data)
+
+    def _room_made(self, need: int) -> bool:
+        try:
+            return self._on_disk_full(need)
+        except StorageError:
+            return False  # the write's own ENOSPC is what gets reported
 
 
 @dataclass
@@ -316,11 +323,17 @@ class Segmenter:
         seg = self._seg
         assert seg is not None
         self._drain_events(seg)
-        if seg.fragments and (
-            seg.row_id is None
-            or self._clock.monotonic_ns() - seg.last_sync_mono_ns >= self._policy.flush_interval_ns
-        ):
+        if seg.fragments and (seg.row_id is None or self._sync_due(seg)):
             self._sync(seg)
+
+    def _sync_due(self, seg: _Open) -> bool:
+        """Sync now if waiting for the next fragment would leave bytes un-synced past the flush interval.
+
+        (Comparing the elapsed time alone would, with fragments just shorter than the interval, sync only
+        every second fragment.)
+        """
+        elapsed = self._clock.monotonic_ns() - seg.last_sync_mono_ns
+        return elapsed + self._policy.fragment_ms * NS_PER_MS > self._policy.flush_interval_ns
 
     def _note_fragment(self, seg: _Open, ev: FragmentComplete) -> None:
         assert seg.init is not None
