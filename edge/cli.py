@@ -439,8 +439,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+TIME_OPTIONS = ("--from", "--to")
+
+
+def _join_time_values(argv: Sequence[str]) -> list[str]:
+    """`--from -5m` → `--from=-5m`: argparse would take a relative time for an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in TIME_OPTIONS:
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_time_values(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.fn(args))
     except ConfigError as e:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import cv2
 
 from edge.store import Store
 from tests.harness import EDGE, Daemon, decodes, edge_cli, index_problems, write_config
@@ -129,3 +133,43 @@ def test_python_m_edge_help() -> None:
     assert proc.returncode == 0
     for cmd in ("run", "demo", "cameras", "export", "snapshot", "status"):
         assert cmd in proc.stdout
+
+
+def test_export_and_snapshot_from_the_command_line(tmp_path: Path) -> None:
+    cfg, data = _config(tmp_path)
+    edge_cli(cfg, "cameras", "add", SYNTH_A, "--name", "a")
+    with Daemon(cfg, data, tmp_path / "daemon.log") as d:
+        d.start(wait_recording=1)
+        time.sleep(4)
+        live = edge_cli(cfg, "snapshot", "--camera", "1", "-o", str(tmp_path / "live.jpg"))
+        assert "live" in live.stdout
+        clip = tmp_path / "clip.mp4"
+        out = edge_cli(cfg, "export", "--camera", "1", "--from", "-3s", "--to", "now", "-o", str(clip))
+        assert d.stop() == 0
+    assert "sha256" in out.stdout and clip.exists() and decodes(clip) is None
+    manifest = json.loads((tmp_path / "clip.mp4.manifest.json").read_text())
+    assert manifest["clip"]["sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
+    stored = edge_cli(cfg, "snapshot", "--camera", "1", "-o", str(tmp_path / "stored.jpg"))
+    assert "latest recording" in stored.stdout
+    for jpg in ("live.jpg", "stored.jpg"):
+        img = cv2.imread(str(tmp_path / jpg))
+        assert img is not None and img.shape == (240, 320, 3)
+        assert img[..., 2].mean() > img[..., 1].mean() + 60  # the red synthetic camera
+    again = edge_cli(
+        cfg, "export", "--camera", "1", "--from", "-3s", "--to", "now", "-o", str(clip), check=False
+    )
+    assert again.returncode == 1 and again.stderr.count("\n") == 1  # never overwrites; one clear line
+    empty = edge_cli(
+        cfg,
+        "export",
+        "--camera",
+        "1",
+        "--from",
+        "-2h",
+        "--to",
+        "-1h",
+        "-o",
+        str(tmp_path / "x.mp4"),
+        check=False,
+    )
+    assert empty.returncode == 1 and "no recordings for camera 1" in empty.stderr

@@ -458,7 +458,15 @@ def _last_in(last_out: tuple[int, Fraction] | None, tb: Fraction) -> int:
 
 def _chain(first: list[av.Packet[Any]], rest: Iterator[av.Packet[Any]]) -> Iterator[av.Packet[Any]]:
     yield from first
-    yield from rest
+    # Not `yield from rest`: PyAV's demux generator, once exhausted by the preroll, can leak a bare
+    # StopIteration through `yield from` (seen reading a segment that is still being written), which
+    # PEP 479 turns into a RuntimeError.
+    while True:
+        try:
+            pkt = next(rest)
+        except StopIteration:
+            return
+        yield pkt
 
 
 def _time_base(stream: av.stream.Stream) -> Fraction:

@@ -1,0 +1,42 @@
+"""Libraries below, wiring above: only edge/daemon.py (and the CLI that runs it) may know everyone."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+EDGE = Path(__file__).resolve().parent.parent / "edge"
+WIRING = {"edge.daemon", "edge.cli", "edge.__main__"}
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_libraries_never_import_the_wiring() -> None:
+    offenders = []
+    for path in EDGE.rglob("*.py"):
+        module = ".".join(path.relative_to(EDGE.parent).with_suffix("").parts)
+        if module in WIRING:
+            continue
+        bad = {i for i in _imports(path) if i in WIRING or any(i.startswith(w + ".") for w in WIRING)}
+        if bad:
+            offenders.append(f"{module} imports {sorted(bad)}")
+    assert offenders == []
+
+
+def test_recorder_does_not_import_the_other_subsystems() -> None:
+    for path in (EDGE / "recorder").rglob("*.py"):
+        bad = {
+            i
+            for i in _imports(path)
+            if i.startswith(("edge.discovery", "edge.uplink", "edge.web", "edge.hub"))
+        }
+        assert not bad, f"{path.name} imports {bad}"
