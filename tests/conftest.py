@@ -1,4 +1,4 @@
-"""Shared fixtures: pre-encoded clips, the real RTSP camera (gst-rtsp-server), bad cameras, ffprobe.
+"""Shared fixtures: pre-encoded clips, the real RTSP camera (gst-rtsp-server), bad cameras.
 
 Nothing here skips when a tool is missing: ``make test`` installs ffmpeg and GStreamer, and a missing tool
 must fail loudly.
@@ -6,11 +6,8 @@ must fail loudly.
 
 from __future__ import annotations
 
-import json
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -74,23 +71,3 @@ def silent_rtsp_url() -> Iterator[str]:
     """An rtsp:// URL whose server accepts the connection and never answers."""
     with SilentServer() as silent:
         yield silent.url
-
-
-def run_ffprobe(path: Path | str) -> dict[str, Any]:
-    """``ffprobe -show_format -show_streams`` as a dict; raises with ffprobe's message if it fails."""
-    proc = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"ffprobe {path} failed ({proc.returncode}): {proc.stderr.strip()}")
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
-
-
-@pytest.fixture
-def ffprobe_json() -> Callable[[Path | str], dict[str, Any]]:
-    """``ffprobe_json(path) -> dict`` (format + streams)."""
-    return run_ffprobe

@@ -173,3 +173,23 @@ def test_export_and_snapshot_from_the_command_line(tmp_path: Path) -> None:
         check=False,
     )
     assert empty.returncode == 1 and "no recordings for camera 1" in empty.stderr
+
+
+def test_ctrl_c_stops_the_demo_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [*EDGE, "--data-dir", str(data), "demo", "--every-s", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert f"Recordings are in {data / 'recordings'}" in out
+    store = Store.open(data)
+    segs = store.segments()
+    store.close()
+    assert {s.state for s in segs} == {"closed"} and {s.camera_id for s in segs} == {1, 2, 3}

@@ -26,6 +26,7 @@ from edge.recorder import manifest as manifest_module
 from edge.recorder.export import export_clip
 from edge.recorder.manifest import Manifest, iso_utc, manifest_path_for, verify_manifest
 from edge.store import Segment, Store
+from tests.harness import decodes, ffprobe
 from tests.peers.media import make_media
 from tests.recordings import add_camera, record, record_file, recording, segments
 
@@ -81,24 +82,6 @@ def _video_packets(path: Path) -> list[dict[str, Any]]:
     return packets
 
 
-def _probe(path: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
-
-
-def _decode_errors(path: Path) -> str:
-    """ffmpeg's complaints while decoding every frame; the null muxer's own notes on timestamps (it
-    assumes a constant frame rate, and a clip with a gap or a new frame rate has none) are not the clip's."""
-    cmd = ["ffmpeg", "-v", "error", "-i", str(path), "-fps_mode", "passthrough", "-f", "null", "-"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    lines = [line for line in proc.stderr.splitlines() if not line.startswith("[null @")]
-    return "\n".join(lines) if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr.strip()}"
-
-
 def _top_level_boxes(path: Path) -> list[str]:
     data, pos, kinds = path.read_bytes(), 0, []
     while pos < len(data):
@@ -127,7 +110,7 @@ def test_across_a_segment_boundary(recorded: Recorded, tmp_path: Path) -> None:
 
     m = _export(recorded, out, t1, t2)
 
-    assert _decode_errors(out) == ""
+    assert decodes(out) is None
     assert _top_level_boxes(out)[:2] == ["ftyp", "moov"]  # faststart: the index before the media
     # Starts at the keyframe at or before T1, ends at the last frame at or before T2.
     assert t1 - GOP_NS - FRAME_NS <= m.clip_start_utc_ns <= t1
@@ -135,7 +118,7 @@ def test_across_a_segment_boundary(recorded: Recorded, tmp_path: Path) -> None:
     assert (t2 - t1) / NS_PER_S < m.duration_s <= (t2 - t1 + GOP_NS + FRAME_NS) / NS_PER_S
     packets = _video_packets(out)
     assert packets[0]["flags"].startswith("K") and float(packets[0]["pts_time"]) == 0.0
-    probe = _probe(out)
+    probe = ffprobe(out)
     assert probe["streams"][0]["codec_name"] == "h264" and len(probe["streams"]) == 1
     assert float(probe["format"]["duration"]) == pytest.approx(m.duration_s, abs=FRAME_NS / NS_PER_S)
     assert [s.path for s in m.sources] == [seg0.path, seg1.path]
@@ -151,7 +134,7 @@ def test_across_a_gap_keeps_wall_time(recorded: Recorded, tmp_path: Path) -> Non
 
     m = _export(recorded, out, t1, t2)
 
-    assert _decode_errors(out) == ""
+    assert decodes(out) is None
     assert len(m.gaps) == 1
     gap = m.gaps[0]
     assert (gap.from_utc_ns, gap.to_utc_ns) == (last_of_first.end_utc_ns, first_of_second.start_utc_ns)
@@ -160,7 +143,7 @@ def test_across_a_gap_keeps_wall_time(recorded: Recorded, tmp_path: Path) -> Non
     # The clip's timeline covers the gap: it shows as a time jump between two frames, not squeezed out.
     assert m.duration_s == pytest.approx((m.clip_end_utc_ns - m.clip_start_utc_ns) / NS_PER_S)
     assert m.duration_s > gap.duration_ns / NS_PER_S + 1.5
-    probe = _probe(out)
+    probe = ffprobe(out)
     assert float(probe["format"]["duration"]) == pytest.approx(m.duration_s, abs=2 * FRAME_NS / NS_PER_S)
     times = [float(p["pts_time"]) for p in _video_packets(out)]
     jumps = [(a, b) for a, b in itertools.pairwise(times) if b - a > 0.5]
@@ -243,8 +226,8 @@ def test_includes_the_open_segment_of_a_running_recorder(tmp_path: Path) -> None
             grown = (data_dir / live.path).stat().st_size
         assert grown > used.bytes
 
-    assert _decode_errors(out) == ""
-    assert float(_probe(out)["format"]["duration"]) == pytest.approx(m.duration_s, abs=FRAME_NS / NS_PER_S)
+    assert decodes(out) is None
+    assert float(ffprobe(out)["format"]["duration"]) == pytest.approx(m.duration_s, abs=FRAME_NS / NS_PER_S)
     assert m.duration_s >= 2.0
     # The segment was closed since; the bytes the export used are unchanged (append only).
     closed = next(s for s in segments(data_dir, cam.camera_id) if s.path == live.path)
@@ -266,8 +249,8 @@ def test_audio_and_a_camera_that_changed_its_parameters(tmp_path: Path) -> None:
 
     m = _export(rec, out, start + 1_500_000_000, resumed + 3 * NS_PER_S)
 
-    assert _decode_errors(out) == ""
-    streams = {s["codec_type"]: s for s in _probe(out)["streams"]}
+    assert decodes(out) is None
+    streams = {s["codec_type"]: s for s in ffprobe(out)["streams"]}
     assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
     assert float(streams["audio"]["start_time"]) >= 0.0
     audio_end = float(streams["audio"]["start_time"]) + float(streams["audio"]["duration"])
@@ -373,7 +356,7 @@ def test_faststart_layout_and_hash(
     m = _export(recorded, out, t1, t1 + 3 * NS_PER_S)
 
     assert _top_level_boxes(out)[:2] == ["ftyp", "moov"]
-    assert _decode_errors(out) == ""
+    assert decodes(out) is None
     assert m.clip_sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
     assert m.clip_size == out.stat().st_size
     assert len(_video_packets(out)) == round(m.duration_s * FPS)

@@ -72,3 +72,36 @@ def test_full_disk_never_stops_recording(
     # The disk really filled: retention had to delete (the first segments are gone).
     assert min(s.id for s in segs) > 4, "nothing was deleted: the disk never filled"
     print(f"min free seen: {min_free_seen / 1e6:.1f} MB; segments kept: {len(segs)}")
+
+
+@pytest.mark.slow
+def test_budget_as_a_share_of_the_partition(tmp_path: Path, small_disk: Path, rtsp_server: RtspPeer) -> None:
+    data = small_disk / "edge"
+    budget = (TMPFS_MB << 20) // 4
+    cfg = write_config(
+        tmp_path / "edge.toml",
+        data,
+        storage={"budget": "25%", "min_free_bytes": "1 MiB"},
+        recording={"segment_s": 1},
+    )
+    for i in range(2):
+        edge_cli(cfg, "cameras", "add", rtsp_server.url(f"bench/h264_1080p/{i}"), "--name", f"cam{i}")
+    peak = 0
+    largest = 0
+    with Daemon(cfg, data, tmp_path / "daemon.log") as d:
+        d.start(wait_recording=2, timeout_s=60)
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            peak = max(
+                peak, sum(f.stat().st_size for f in (data / "recordings").rglob("*.mp4") if f.exists())
+            )
+            largest = max([largest, *(s.bytes for s in Store.open(data).segments())])
+            time.sleep(0.2)
+        assert d.stop() == 0
+    store = Store.open(data)
+    segs = store.segments()
+    store.close()
+    assert min(s.id for s in segs) > 2, "the budget never made retention delete"
+    # Two cameras each have one segment open, which retention cannot delete.
+    assert peak <= budget + 2 * largest, (peak, budget, largest)
+    assert index_problems(data) == []

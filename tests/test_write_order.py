@@ -104,3 +104,10 @@ def test_segment_data_then_dir_are_fsynced_before_the_index_commits(tmp_path: Pa
                 checked_commits += 1
     assert len(segments_seen) >= 3, segments_seen
     assert checked_commits >= 5, "too few index commits observed to prove anything"
+    # Batches, not packets: a segment is fsync'd at most once per write of new fragment bytes.
+    calls = [
+        (call, path) for events in _events(trace).values() for call, path in events if path in segments_seen
+    ]
+    writes = sum(call == "write" for call, _ in calls)
+    fsyncs = sum(call in ("fsync", "fdatasync") for call, _ in calls)
+    assert 0 < fsyncs <= writes, (fsyncs, writes)

@@ -12,6 +12,7 @@ import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 from edge.clock import Clock
@@ -198,12 +199,15 @@ class CameraRecorder:
                 extra={"event": "camera.recording"},
             )
             video_index = source.video.index
+            time_bases: dict[int, Fraction] = {}
             for pkt in source.packets():
                 if self._stop.is_set():
                     break
-                is_video = pkt.stream.index == video_index
+                index = pkt.stream_index
+                is_video = index == video_index
+                tb = time_bases.get(index) or time_bases.setdefault(index, pkt.time_base)
                 self.fanout.publish(
-                    MediaPacket.from_av(pkt, "video" if is_video else "audio", self._clock.monotonic_ns())
+                    MediaPacket.from_av(pkt, "video" if is_video else "audio", tb, self._clock.monotonic_ns())
                 )
                 segmenter.push(pkt, is_video=is_video)
                 recorded = recorded or segmenter.open_segment_path is not None

@@ -34,15 +34,18 @@ class MediaPacket:
     received_mono_ns: int
 
     @classmethod
-    def from_av(cls, pkt: av.Packet[Any], kind: str, received_mono_ns: int) -> MediaPacket:
-        assert pkt.dts is not None and pkt.time_base is not None
+    def from_av(
+        cls, pkt: av.Packet[Any], kind: str, time_base: Fraction, received_mono_ns: int
+    ) -> MediaPacket:
+        """`time_base` is the stream's, passed in because PyAV builds a new Fraction on every access."""
+        assert pkt.dts is not None
         return cls(
             kind=kind,
             data=bytes(pkt),
             pts=pkt.pts,
             dts=pkt.dts,
             duration=pkt.duration or 0,
-            time_base=pkt.time_base,
+            time_base=time_base,
             keyframe=bool(pkt.is_keyframe),
             received_mono_ns=received_mono_ns,
         )

@@ -116,10 +116,10 @@ class _Open:
     init: InitInfo | None = None
     row_id: int | None = None
     complete_end: int = 0  # end offset of the last complete fragment
+    synced_end: int = 0  # complete_end at the last fsync + index commit
     media_ns: int = 0
     fragments: int = 0
     last_sync_mono_ns: int = 0
-    last_video_dts: int | None = None
     last_audio_dts: int | None = None
 
 
@@ -144,8 +144,9 @@ class Segmenter:
         self._data_dir = data_dir
         self._video = video
         self._audio = audio
-        # Time bases come from the packets: an encoder's stream (synthetic camera) has none until it runs.
-        self._vtb = Fraction(1, 90000)
+        # Time bases come from the first packet (an encoder's stream, as in the synthetic camera, has none
+        # before it runs) and are kept: PyAV builds a new Fraction on every access.
+        self._vtb: Fraction | None = None
         self._policy = policy
         self._clock = clock
         self._store = store
@@ -158,8 +159,6 @@ class Segmenter:
         self._run_wall_ns: int | None = None  # run anchor: wall time ...
         self._run_dts = 0  # ... at this video dts
         self.segments_closed = 0
-        self.clock_steps = 0
-        self.dropped_packets = 0
 
     @staticmethod
     def _codec(stream: av.stream.Stream) -> str:
@@ -175,8 +174,9 @@ class Segmenter:
             self._push_audio(pkt)
 
     def _push_video(self, pkt: av.Packet[Any]) -> None:
-        assert pkt.dts is not None and pkt.time_base is not None
-        self._vtb = pkt.time_base
+        assert pkt.dts is not None
+        if self._vtb is None:
+            self._vtb = pkt.time_base
         held = self._held
         if held is not None:
             assert held.dts is not None
@@ -199,8 +199,7 @@ class Segmenter:
         if pkt.is_keyframe:
             self._at_keyframe(pkt.dts)
         if self._seg is None:
-            self.dropped_packets += 1  # before the first keyframe: nothing decodable to store
-            return
+            return  # before the first keyframe: nothing decodable to store
         self._held = pkt
 
     def _push_audio(self, pkt: av.Packet[Any]) -> None:
@@ -209,14 +208,15 @@ class Segmenter:
             return
         assert pkt.dts is not None and pkt.time_base is not None
         if seg.audio_origin is None:
+            assert self._vtb is not None
             seg.audio_origin = from_ns(to_ns(seg.origin_dts, self._vtb), pkt.time_base)
         if pkt.dts < seg.audio_origin or (seg.last_audio_dts is not None and pkt.dts <= seg.last_audio_dts):
-            self.dropped_packets += 1
-            return
+            return  # before this segment's first frame, or out of order: the muxer would refuse it
         seg.last_audio_dts = pkt.dts
         self._mux(pkt, video=False)
 
     def _at_keyframe(self, dts: int) -> None:
+        assert self._vtb is not None
         now = self._clock.now_utc_ns()
         if self._run_wall_ns is None:
             self._start_run(now, dts)
@@ -224,7 +224,6 @@ class Segmenter:
             return
         expected = self._run_wall_ns + to_ns(dts - self._run_dts, self._vtb)
         if abs(now - expected) > self._policy.clock_step_ns:
-            self.clock_steps += 1
             self._log.warning(
                 "wall clock stepped %+.3f s against media time; new segment",
                 (now - expected) / NS_PER_S,
@@ -250,7 +249,6 @@ class Segmenter:
         assert seg is not None and pkt.dts is not None
         if video:
             origin, stream = seg.origin_dts, seg.vstream
-            seg.last_video_dts = pkt.dts
         else:
             assert seg.audio_origin is not None and seg.astream is not None
             origin, stream = seg.audio_origin, seg.astream
@@ -323,11 +321,12 @@ class Segmenter:
         seg = self._seg
         assert seg is not None
         self._drain_events(seg)
-        if seg.fragments and (seg.row_id is None or self._sync_due(seg)):
+        if seg.complete_end > seg.synced_end and (seg.row_id is None or self._sync_due(seg)):
             self._sync(seg)
 
     def _sync_due(self, seg: _Open) -> bool:
-        """Sync now if waiting for the next fragment would leave bytes un-synced past the flush interval.
+        """Called when a fragment completed: sync now if waiting for the next fragment would leave bytes
+        un-synced past the flush interval.
 
         (Comparing the elapsed time alone would, with fragments just shorter than the interval, sync only
         every second fragment.)
@@ -354,6 +353,7 @@ class Segmenter:
         except OSError as e:
             raise StorageError(f"fsync {seg.relpath}: {e.strerror}") from None
         seg.last_sync_mono_ns = self._clock.monotonic_ns()
+        seg.synced_end = seg.complete_end
         end = seg.start_utc_ns + seg.media_ns
         if seg.row_id is None:
             seg.row_id = self._store.insert_segment(

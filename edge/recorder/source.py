@@ -115,11 +115,19 @@ class RtspSource:
         self._secrets = tuple(s for s in (password,) if s)
         self._read_timeout_s = read_timeout_s
         full = with_credentials(url, username, password)
-        options = {"rtsp_transport": "tcp", "rtsp_flags": "prefer_tcp", "allowed_media_types": "video+audio"}
+        options = {
+            "rtsp_transport": "tcp",
+            "rtsp_flags": "prefer_tcp",
+            "allowed_media_types": "video+audio",
+            # Reads are bounded by libav's own socket timeout (µs), in C. PyAV's read timeout would run a
+            # Python interrupt callback, taking the GIL, many times per packet on every camera thread.
+            "timeout": str(int(read_timeout_s * 1_000_000)),
+        }
         started = time.monotonic()
         try:
+            # PyAV's deadline only for the open (connect, DESCRIBE, SETUP, PLAY, probe) as a whole.
             self._container: av.container.InputContainer = av.open(
-                full, options=options, timeout=(open_timeout_s, read_timeout_s)
+                full, options=options, timeout=(open_timeout_s, None)
             )
         except (av.error.FFmpegError, OSError) as e:
             timed_out = time.monotonic() - started >= 0.9 * open_timeout_s
