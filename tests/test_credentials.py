@@ -6,7 +6,6 @@ import hashlib
 import multiprocessing
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -189,7 +188,6 @@ def test_opener_creates_with_the_same_modes(tmp_path: Path) -> None:
     assert mode(tmp_path / PUBLIC_KEY_NAME) == 0o644
 
 
-@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_private_key_is_never_readable_by_others_even_briefly(tmp_path: Path) -> None:
     """Watch the system calls: the private key's bytes only ever go to a file created O_EXCL with 0600,
     which is renamed into place; and the Sealer never opens the private key."""
