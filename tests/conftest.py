@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fmp4_samples import Muxed, mux_samples
 from tests.peers.garbage import JunkServer, SilentServer
 from tests.peers.media import make_media
 from tests.peers.rtsp_server import RtspPeer
@@ -71,3 +72,19 @@ def silent_rtsp_url() -> Iterator[str]:
     """An rtsp:// URL whose server accepts the connection and never answers."""
     with SilentServer() as silent:
         yield silent.url
+
+
+# fMP4 samples muxed once per session, shared by the parser and the stream-tracker tests.
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Muxed]:
+    return mux_samples(tmp_path_factory.mktemp("fmp4"))
+
+
+@pytest.fixture(scope="session")
+def h264(samples: dict[str, Muxed]) -> Muxed:
+    return samples["h264"]
+
+
+@pytest.fixture(scope="session")
+def two_tracks(samples: dict[str, Muxed]) -> Muxed:
+    return samples["h264_aac"]

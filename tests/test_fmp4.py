@@ -30,7 +30,6 @@ from tests.fmp4_samples import (
     full,
     init_segment,
     moof,
-    mux_samples,
     tfdt,
     tfhd,
     top_level,
@@ -44,21 +43,6 @@ from tests.fmp4_samples import (
 FFPROBE = "/usr/bin/ffprobe"
 
 INIT = parse_init(init_segment())
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Muxed]:
-    return mux_samples(tmp_path_factory.mktemp("fmp4"))
-
-
-@pytest.fixture(scope="module")
-def h264(samples: dict[str, Muxed]) -> Muxed:
-    return samples["h264"]
-
-
-@pytest.fixture(scope="module")
-def two_tracks(samples: dict[str, Muxed]) -> Muxed:
-    return samples["h264_aac"]
 
 
 @dataclass(frozen=True)

@@ -29,29 +29,12 @@ from tests.fmp4_samples import (
     fragment,
     init_segment,
     moof,
-    mux_samples,
     tfdt,
     tfhd,
     top_level,
     trun,
     u32,
 )
-
-
-@pytest.fixture(scope="module")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Muxed]:
-    return mux_samples(tmp_path_factory.mktemp("fmp4"))
-
-
-@pytest.fixture(scope="module")
-def h264(samples: dict[str, Muxed]) -> Muxed:
-    return samples["h264"]
-
-
-@pytest.fixture(scope="module")
-def two_tracks(samples: dict[str, Muxed]) -> Muxed:
-    return samples["h264_aac"]
-
 
 Event = InitComplete | FragmentComplete
 
