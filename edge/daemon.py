@@ -26,7 +26,6 @@ from edge.recorder.camera import Backoff, CameraRecorder, CameraSpec, CameraStat
 from edge.recorder.fanout import Fanout
 from edge.recorder.ringbuffer import RetentionPolicy, RetentionWorker, RingBuffer
 from edge.recorder.segmenter import SegmentPolicy
-from edge.recorder.snapshot import jpeg_from_gop
 from edge.redact import Redactor, redact_url
 from edge.store import Camera, Store
 
@@ -234,6 +233,9 @@ class Daemon:
         description, packets = fanout.latest_gop()
         if description is None or not packets:
             raise NotFound(f"camera {camera_id} has no live picture yet")
+        # Imported on first use: decoding and JPEG encoding bring OpenCV (~27 MiB) into the daemon.
+        from edge.recorder.snapshot import jpeg_from_gop
+
         return await asyncio.to_thread(jpeg_from_gop, description, packets)
 
     async def _op_snapshot(self, req: dict[str, Any]) -> dict[str, Any]:
