@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.fmp4_samples import Muxed, mux_samples
+from tests.lan import CAMS_IP, Lan
 from tests.peers.garbage import JunkServer, SilentServer
 from tests.peers.media import make_media
 from tests.peers.rtsp_server import RtspPeer
@@ -48,6 +49,32 @@ def rtsp_server(media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             yield peer
         finally:
             _RTSP_PEERS.remove(peer)
+            peer.stop()
+
+
+@pytest.fixture(scope="session")
+def lan() -> Iterator[Lan]:
+    """Two network namespaces on one veth (see tests/lan.py): ``lan.box`` for the appliance, ``lan.cams`` for
+    the simulated cameras. Multicast tests run here, never on the host's own interfaces."""
+    net = Lan.create()
+    try:
+        yield net
+    finally:
+        net.destroy()
+
+
+@pytest.fixture(scope="session")
+def lan_rtsp(lan: Lan, media_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RtspPeer]:
+    """The real RTSP server again, inside ``lan.cams`` listening on every camera address (``0.0.0.0``), so
+    ``rtsp://<camera ip>:<lan_rtsp.port>/<clip>`` plays from ``lan.box``. ``.url()`` uses ``CAMS_IP``."""
+    log_path = tmp_path_factory.mktemp("lan_rtsp") / "rtsp_server.log"
+    with log_path.open("a", encoding="utf-8") as log:
+        peer = RtspPeer(media_dir, host="0.0.0.0", prefix=lan.cmd(lan.cams, []), log=log)
+        peer.start()
+        peer.host = CAMS_IP
+        try:
+            yield peer
+        finally:
             peer.stop()
 
 

@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -62,8 +63,14 @@ class RtspPeer:
         auth_method: str = "basic",
         mount_copies: int = 0,
         log: IO[str] | None = None,
+        host: str = "127.0.0.1",
+        prefix: Sequence[str] = (),
     ) -> None:
+        """``host`` is the address to listen on; ``prefix`` is put before the command (an ``ip netns exec NS``
+        to run the camera in another network namespace)."""
         self.media_dir = Path(media_dir)
+        self.host = host
+        self.prefix = tuple(prefix)
         self.port = port
         self.auth_user = auth_user
         self.auth_password = auth_password
@@ -99,7 +106,9 @@ class RtspPeer:
 
     def _start_once(self, deadline: float) -> str | None:
         cmd = [
-            SYSTEM_PYTHON, str(HERE), "--media-dir", str(self.media_dir), "--port", str(self.port),
+            *self.prefix,
+            SYSTEM_PYTHON, str(HERE), "--media-dir", str(self.media_dir), "--host", self.host,
+            "--port", str(self.port),
             "--auth-user", self.auth_user, "--auth-password", self.auth_password,
             "--auth-method", self.auth_method, "--mount-copies", str(self.mount_copies), "--watch-stdin",
         ]  # fmt: skip
@@ -170,14 +179,14 @@ class RtspPeer:
 
     # -- addressing ------------------------------------------------------------------------------------------
     def url(self, mount: str, user: str | None = None, password: str | None = None) -> str:
-        """``rtsp://[user[:password]@]127.0.0.1:<port>/<mount>``, credentials percent-encoded."""
+        """``rtsp://[user[:password]@]<host>:<port>/<mount>``, credentials percent-encoded."""
         auth = ""
         if user is not None:
             auth = urllib.parse.quote(user, safe="")
             if password is not None:
                 auth += ":" + urllib.parse.quote(password, safe="")
             auth += "@"
-        return f"rtsp://{auth}127.0.0.1:{self.port}/{mount.lstrip('/')}"
+        return f"rtsp://{auth}{self.host}:{self.port}/{mount.lstrip('/')}"
 
     def auth_url(self) -> str:
         return self.url("auth", self.auth_user, self.auth_password)
