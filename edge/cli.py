@@ -18,7 +18,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from edge import control
 from edge.clock import NS_PER_S, SystemClock
@@ -227,46 +226,102 @@ def _notify_daemon(data_dir: Path) -> None:
 
 
 def cmd_cameras_add(args: argparse.Namespace) -> int:
+    from edge import cameras
     from edge.credentials import Sealer
     from edge.store import Store
 
     config = _load(args)
-    url = args.url.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("rtsp", "rtsps", "synthetic"):
-        raise Error(f"unsupported camera URL {redact_url(url)!r}: use rtsp://host[:port]/path")
-    username = args.user
-    password: str | None = None
-    if parts.username or parts.password:
-        # Credentials typed into the URL are moved out of it: the URL is stored and shown without them.
-        username = username or (unquote(parts.username) if parts.username else None)
-        password = unquote(parts.password) if parts.password is not None else None
-        url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if password is not None and not username:
-        raise Error("a password needs a user name (--user)")
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
+    target = cameras.parse_target(args.url, username=args.user, password=password)
     data_dir = config.storage.data_dir
-    blob = Sealer.load(data_dir).seal(password, url.encode()) if password is not None else None
+    sealer = Sealer.load(data_dir)
     max_age = parse_duration_s(args.max_age) if args.max_age else None
+    now = time.time_ns()
+    found = None
+    if target.kind == "onvif":
+        from edge.discovery.scan import inquire_address
+
+        found = asyncio.run(
+            inquire_address(
+                target.url,
+                username=target.username,
+                password=target.password,
+                timeout_s=args.timeout,
+                probe_stream=False,  # the recorder starts at once and reports the stream itself
+            )
+        )
     store = Store.open(data_dir)
     try:
-        cam = store.add_camera(
-            name=args.name or parts.hostname or "camera",
-            url=url,
-            username=username,
-            password_blob=blob,
-            max_age_s=max_age,
-            now_utc_ns=time.time_ns(),
-        )
+        if found is not None:
+            assert found.onvif is not None
+            cam = cameras.add_onvif(
+                store, sealer, target, found.onvif, name=args.name, max_age_s=max_age, now_utc_ns=now
+            )
+        else:
+            twin = cameras.same_stream(store, target.url)
+            if twin is not None:
+                sys.stderr.write(f"note: camera {twin.id} ({twin.name}) records the same stream already\n")
+            cam = cameras.add_stream(store, sealer, target, name=args.name, max_age_s=max_age, now_utc_ns=now)
     finally:
         store.close()
     _out(
         f"added camera {cam.id}: {cam.name} {redact_url(cam.url)}"
-        + (f" (user {username})" if username else "")
+        + (f" (user {cam.username})" if cam.username else "")
     )
+    if found is not None and found.onvif is not None:
+        for label, prof in (("main", found.onvif.main), ("sub", found.onvif.sub)):
+            if prof is not None:
+                _out(f"  {label} stream: {_profile_text(prof)}")
     _notify_daemon(data_dir)
     return 0
+
+
+def _profile_text(prof: Any) -> str:
+    size = f"{prof.width}x{prof.height}" if prof.width and prof.height else "?"
+    fps = f" {prof.fps:g} fps" if prof.fps else ""
+    return f"{prof.encoding or '?'} {size}{fps}"
+
+
+def cmd_cameras_set(args: argparse.Namespace) -> int:
+    from edge.store import Store
+
+    config = _load(args)
+    changes: dict[str, object] = {}
+    if args.name is not None:
+        changes["name"] = args.name.strip() or _usage("--name cannot be empty")
+    if args.location is not None:
+        changes["location"] = args.location.strip() or None
+    if args.lat is not None or args.lon is not None:
+        changes["lat"], changes["lon"] = args.lat, args.lon
+    if args.no_position:
+        changes["lat"] = changes["lon"] = None
+    if args.consent is not None:
+        changes["consent"] = args.consent
+    if args.max_age is not None:
+        changes["max_age_s"] = parse_duration_s(args.max_age) if args.max_age != "none" else None
+    if not changes:
+        raise Error("nothing to change: give --name, --location, --lat/--lon, --consent or --max-age")
+    store = Store.open(config.storage.data_dir)
+    try:
+        before, after = store.update_camera(args.id, **changes)
+    finally:
+        store.close()
+    for key in sorted(changes):
+        old, new = getattr(before, key), getattr(after, key)
+        if old != new:
+            _out(f"camera {after.id}: {key} {_or_dash(old)} -> {_or_dash(new)}")
+    if before == after:
+        _out(f"camera {after.id}: unchanged")
+    _notify_daemon(config.storage.data_dir)
+    return 0
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _usage(message: str) -> Any:
+    raise ConfigError(message)
 
 
 def cmd_cameras_list(args: argparse.Namespace) -> int:
@@ -283,8 +338,18 @@ def cmd_cameras_list(args: argparse.Namespace) -> int:
             "id": c.id,
             "name": c.name,
             "url": redact_url(c.url),
+            "sub_url": redact_url(c.sub_url) if c.sub_url else None,
             "user": c.username,
             "password": "set" if c.password_blob else None,
+            "consent": c.consent,
+            "location": c.location,
+            "lat": c.lat,
+            "lon": c.lon,
+            "maker": c.maker,
+            "model": c.model,
+            "serial": c.serial,
+            "firmware": c.firmware,
+            "onvif_url": c.onvif_url,
             "max_age_s": c.max_age_s,
             "removed": c.removed_utc_ns is not None,
         }
@@ -292,23 +357,26 @@ def cmd_cameras_list(args: argparse.Namespace) -> int:
     ]
     if args.json:
         _out(json.dumps(rows, indent=2))
-    else:
-        _out(
-            table(
-                [
-                    [
-                        str(r["id"]),
-                        str(r["name"]),
-                        str(r["url"]),
-                        str(r["user"] or "-"),
-                        "yes" if r["password"] else "-",
-                        "removed" if r["removed"] else "active",
-                    ]
-                    for r in rows
-                ],
-                ["id", "name", "url", "user", "password", "state"],
-            )
+        return 0
+    out = []
+    for c in cams:
+        where = c.location or ""
+        if c.lat is not None and c.lon is not None:
+            where = f"{where} ({c.lat:.5f}, {c.lon:.5f})".strip()
+        out.append(
+            [
+                str(c.id),
+                c.name,
+                " ".join(x for x in (c.maker, c.model) if x) or "-",
+                redact_url(c.url),
+                c.username or "-",
+                "yes" if c.password_blob else "-",
+                c.consent,
+                where or "-",
+                "removed" if c.removed_utc_ns is not None else "active",
+            ]
         )
+    _out(table(out, ["id", "name", "camera", "url", "user", "password", "consent", "location", "state"]))
     return 0
 
 
@@ -323,6 +391,119 @@ def cmd_cameras_remove(args: argparse.Namespace) -> int:
         store.close()
     _out(f"removed camera {cam.id} ({cam.name}); its recordings stay until retention deletes them")
     _notify_daemon(config.storage.data_dir)
+    return 0
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from edge.discovery import scan
+    from edge.store import Store
+
+    config = _load(args)
+    store = Store.open(config.storage.data_dir)
+    try:
+        if args.known:
+            return _print_candidates(store, args.json)
+        password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
+        if password is not None and not args.user:
+            raise Error("a password needs a user name (--user)")
+        interfaces = _interfaces(config.discovery.interfaces)
+        timeout = args.timeout if args.timeout is not None else config.discovery.timeout_s
+        result = asyncio.run(
+            scan.scan(
+                timeout,
+                username=args.user,
+                password=password,
+                interfaces=interfaces,
+                unicast=args.address,
+                use_mdns=not args.no_mdns,
+            )
+        )
+        now = time.time_ns()
+        for f in result.found:
+            if f.source != "address":  # named by the installer, not seen on the LAN
+                store.saw_candidate(
+                    key=f.key,
+                    source=f.source,
+                    address=f.address,
+                    now_utc_ns=now,
+                    device_url=f.device_url,
+                    stream_url=f.stream_url if f.source == "mdns" else None,
+                    name=f.name,
+                    hardware=f.hardware,
+                    location=f.location,
+                )
+        added = {c.onvif_url: c.id for c in store.cameras() if c.onvif_url}
+        added |= {c.url: c.id for c in store.cameras()}
+    finally:
+        store.close()
+    if args.json:
+        rows = []
+        for f in result.found:
+            row = f.to_json()
+            row["camera_id"] = added.get(f.device_url or "") or added.get(f.stream_url or "")
+            rows.append(row)
+        _out(json.dumps({"elapsed_s": round(result.elapsed_s, 3), "found": rows}, indent=2))
+        return 0
+    out = []
+    for f in result.found:
+        rep = f.onvif
+        maker = " ".join(x for x in (rep.manufacturer, rep.model) if x) if rep else ""
+        profiles = ", ".join(_profile_text(p) for p in rep.profiles) if rep else ""
+        if not profiles and f.stream is not None and f.stream.ok:
+            profiles = f"{f.stream.video_codec} {f.stream.width}x{f.stream.height}"
+        cam_id = added.get(f.device_url or "") or added.get(f.stream_url or "")
+        out.append(
+            [
+                f.address,
+                maker or f.hardware or "-",
+                f.name or "-",
+                profiles or "-",
+                redact_url(f.stream_url) if f.stream_url else "-",
+                f.state + (f" (camera {cam_id})" if cam_id else ""),
+            ]
+        )
+    _out(table(out, ["address", "camera", "name", "profiles", "stream", "state"]))
+    _out(f"\n{len(result.found)} camera(s) in {result.elapsed_s:.1f} s.")
+    if any(f.state == "needs password" for f in result.found):
+        _out("Some need a password: edge discover --user USER --password-stdin")
+    _out("Add one:  edge cameras add <address> [--user USER --password-stdin]")
+    return 0
+
+
+def _interfaces(names: Sequence[str]) -> Any:
+    """The configured interface names as discovery interfaces (None = every LAN interface)."""
+    if not names:
+        return None
+    from edge.discovery.wsdiscovery import lan_interfaces
+
+    have = {i.name: i for i in lan_interfaces()}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise Error(
+            f"discovery.interfaces: no multicast IPv4 interface {', '.join(missing)}"
+            f" (have: {', '.join(sorted(have)) or 'none'})"
+        )
+    return [have[n] for n in names]
+
+
+def _print_candidates(store: Any, as_json: bool) -> int:
+    cands = store.candidates()
+    if as_json:
+        _out(json.dumps([c.__dict__ for c in cands], indent=2))
+        return 0
+    rows = [
+        [
+            c.address,
+            c.source,
+            c.name or "-",
+            c.hardware or "-",
+            c.device_url or (redact_url(c.stream_url) if c.stream_url else "-"),
+            fmt_time(c.last_seen_utc_ns),
+            "gone (Bye)" if c.gone_utc_ns else "present",
+        ]
+        for c in cands
+    ]
+    _out(table(rows, ["address", "seen by", "name", "hardware", "address to add", "last seen", "state"]))
     return 0
 
 
@@ -403,11 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_status)
 
-    cams = sub.add_parser("cameras", help="add, list and remove cameras").add_subparsers(
+    cams = sub.add_parser("cameras", help="add, list, change and remove cameras").add_subparsers(
         dest="cameras_command", required=True, metavar="ACTION"
     )
-    a = cams.add_parser("add", help="add a camera by RTSP URL")
-    a.add_argument("url")
+    a = cams.add_parser("add", help="add a camera by RTSP URL or ONVIF address")
+    a.add_argument("url", help="rtsp://host[:port]/path, or the camera's ONVIF address (http://host or host)")
+    a.add_argument("--timeout", type=float, default=5.0, help="ONVIF answer timeout in seconds")
     a.add_argument("--name")
     a.add_argument("--user")
     a.add_argument(
@@ -421,9 +603,44 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--all", action="store_true", help="include removed cameras")
     ls.set_defaults(fn=cmd_cameras_list)
+    st = cams.add_parser("set", help="change a camera's name, location, consent level or retention")
+    st.add_argument("id", type=int)
+    st.add_argument("--name")
+    st.add_argument("--location", help='free text for people ("" clears it)')
+    st.add_argument("--lat", type=float, help="latitude, decimal degrees (with --lon)")
+    st.add_argument("--lon", type=float, help="longitude, decimal degrees (with --lat)")
+    st.add_argument("--no-position", action="store_true", help="forget --lat/--lon")
+    st.add_argument(
+        "--consent",
+        choices=("private", "registered", "integrated"),
+        help="private: nobody outside; registered: police know it exists; integrated: police may view"
+        " it in an emergency near it, within your limits",
+    )
+    st.add_argument("--max-age", help="delete footage older than e.g. 7d; 'none' for the storage budget only")
+    st.set_defaults(fn=cmd_cameras_set)
     rm = cams.add_parser("remove", help="stop recording a camera (its footage stays until retention)")
     rm.add_argument("id", type=int)
     rm.set_defaults(fn=cmd_cameras_remove)
+
+    dc = sub.add_parser("discover", help="find cameras on the LAN (ONVIF, mDNS) and show their streams")
+    dc.add_argument(
+        "--timeout", type=float, help="seconds to listen for answers (default: discovery.timeout_s)"
+    )
+    dc.add_argument("--json", action="store_true")
+    dc.add_argument("--user", help="try this ONVIF/RTSP user on every camera found")
+    dc.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    dc.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also ask this address directly (a camera on another subnet); repeatable",
+    )
+    dc.add_argument("--no-mdns", action="store_true", help="ONVIF WS-Discovery only")
+    dc.add_argument("--known", action="store_true", help="list cameras seen so far, without searching")
+    dc.set_defaults(fn=cmd_discover)
 
     e = sub.add_parser("export", help="export a time range of one camera into one MP4 plus a manifest")
     e.add_argument("--camera", type=int, required=True)

@@ -100,6 +100,13 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class DiscoveryConfig:
+    timeout_s: float = 3.0  # how long `edge discover` collects WS-Discovery and mDNS answers
+    listen: bool = True  # the daemon notes cameras announcing themselves (WS-Discovery Hello/Bye)
+    interfaces: tuple[str, ...] = ()  # names to search on; empty: every IPv4 multicast interface
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -109,6 +116,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -134,6 +142,11 @@ gop_cache_max_bytes = "16 MiB"
 [web]
 listen = ["0.0.0.0:8080"]   # host:port, IPv6 as "[::]:8080"
 allowed_hosts = []          # extra Host header values accepted besides the box's own names
+
+[discovery]
+timeout_s = 3.0             # 0.5..60: how long `edge discover` listens for cameras' answers
+listen = true               # note cameras that announce themselves (WS-Discovery Hello/Bye) while running
+interfaces = []             # e.g. ["eth1"] on a box with a separate camera LAN; empty: every interface
 
 [log]
 level = "info"              # debug, info, warning, error
@@ -314,6 +327,19 @@ def _host(value: object) -> str:
     return value
 
 
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _interface_name(value: object) -> str:
+    # Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no slash or whitespace.
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", value):
+        raise _Invalid(f'expected an interface name like "eth0", got {_describe(value)}')
+    return value
+
+
 def _array(item: _Parser, *, min_items: int = 0) -> _Parser:
     def parse(value: object) -> tuple[Any, ...]:
         if not isinstance(value, list):
@@ -361,6 +387,10 @@ _SECTIONS: Mapping[str, tuple[type[Any], Mapping[str, _Parser]]] = {
             "listen": _array(_listen_address, min_items=1),
             "allowed_hosts": _array(_host),
         },
+    ),
+    "discovery": (
+        DiscoveryConfig,
+        {"timeout_s": _float(0.5, 60), "listen": _bool, "interfaces": _array(_interface_name)},
     ),
     "log": (LogConfig, {"level": _choice(*LOG_LEVELS)}),
 }

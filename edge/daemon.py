@@ -12,7 +12,7 @@ import base64
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -21,6 +21,7 @@ from edge import control
 from edge.clock import NS_PER_MS, NS_PER_S, Clock
 from edge.config import Config
 from edge.credentials import Opener
+from edge.discovery import wsdiscovery
 from edge.errors import NotFound
 from edge.recorder.camera import Backoff, CameraRecorder, CameraSpec, CameraStatus
 from edge.recorder.fanout import Fanout
@@ -78,6 +79,7 @@ class Daemon:
         self._statuses: dict[int, CameraStatus] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reconcile_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self.ready = asyncio.Event()
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -105,6 +107,7 @@ class Daemon:
             control.socket_path(self.data_dir),
             {"reload": self._op_reload, "status": self._op_status, "snapshot": self._op_snapshot},
         )
+        announcements = await self._listen_for_cameras()
         try:
             await self.reconcile()
             log.info("edge running with %d cameras", len(self._recorders), extra={"event": "daemon.ready"})
@@ -112,6 +115,8 @@ class Daemon:
             await stop.wait()
         finally:
             server.close()
+            if announcements is not None:
+                await announcements.close()
             await self._stop_all()
             self._retention.stop(STOP_TIMEOUT_S)
             await self._db(store.close)
@@ -190,6 +195,71 @@ class Daemon:
             with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
                 loop.call_soon_threadsafe(self._statuses.__setitem__, status.camera_id, status)
 
+    # --- discovery -----------------------------------------------------------------------------
+
+    async def _listen_for_cameras(self) -> wsdiscovery.Announcements | None:
+        """Note cameras that announce themselves (WS-Discovery Hello/Bye) as candidates for the owner.
+
+        Not being able to listen (another service holds the port, no LAN interface yet) costs only this
+        convenience: `edge discover` still works, so it is a warning, not a reason to stop recording.
+        """
+        if not self.config.discovery.listen:
+            return None
+        names = set(self.config.discovery.interfaces)
+        interfaces = [i for i in wsdiscovery.lan_interfaces() if not names or i.name in names]
+        listener = wsdiscovery.Announcements(self._on_hello, self._on_bye, interfaces=interfaces)
+        try:
+            await listener.start()
+        except OSError as e:
+            log.warning("not listening for camera announcements: %s", e, extra={"event": "discovery.off"})
+            return None
+        log.info(
+            "listening for camera announcements on %s",
+            ", ".join(i.name for i in interfaces) or "no interface",
+            extra={"event": "discovery.listening"},
+        )
+        return listener
+
+    def _on_hello(self, device: wsdiscovery.Device) -> None:
+        assert self._store is not None
+        log.info(
+            "camera announced itself: %s %s",
+            device.source_ip,
+            device.name or device.hardware or "",
+            extra={"event": "discovery.hello"},
+        )
+        store, now = self._store, self._clock.now_utc_ns()
+        self._background(
+            self._db(
+                lambda: store.saw_candidate(
+                    key=device.epr,
+                    source="ws-discovery",
+                    address=device.source_ip,
+                    now_utc_ns=now,
+                    device_url=device.device_url,
+                    name=device.name,
+                    hardware=device.hardware,
+                    location=device.location,
+                )
+            )
+        )
+
+    def _on_bye(self, epr: str) -> None:
+        assert self._store is not None
+        log.info("camera said goodbye: %s", epr, extra={"event": "discovery.bye"})
+        store, now = self._store, self._clock.now_utc_ns()
+        self._background(self._db(lambda: store.candidate_gone(epr, now_utc_ns=now)))
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background task failed: %s", task.exception(), extra={"event": "daemon.task_failed"})
+
     # --- queries (control socket ops; the web page will call the same) --------------------------
 
     async def camera_table(self) -> list[dict[str, Any]]:
@@ -206,6 +276,7 @@ class Daemon:
                     "id": cam.id,
                     "name": cam.name,
                     "url": redact_url(cam.url),
+                    "consent": cam.consent,
                     "state": st.state if st is not None else "starting",
                     "error_kind": st.error_kind if st is not None else None,
                     "detail": self._redactor(st.detail) if st is not None else "",

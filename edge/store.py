@@ -15,17 +15,20 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlite_utils
 
-from edge.errors import NotFound, StorageError
+from edge.errors import Malformed, NotFound, StorageError
 
 DB_NAME = "edge.db"
 
 SegmentState = Literal["open", "closed", "deleting"]
+Consent = Literal["private", "registered", "integrated"]
+CONSENT_LEVELS: tuple[Consent, ...] = ("private", "registered", "integrated")
+MAX_CANDIDATES = 1024
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,57 @@ class Camera:
     max_age_s: int | None
     created_utc_ns: int
     removed_utc_ns: int | None
+    # What the police programme may do with it (the uplink issue enforces it). New cameras are private.
+    consent: Consent = "private"
+    location: str | None = None  # free text for the owner ("back door, above the bins")
+    lat: float | None = None
+    lon: float | None = None
+    maker: str | None = None  # from ONVIF GetDeviceInformation
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
+    onvif_url: str | None = None  # device service, when the camera was added through ONVIF
+    sub_url: str | None = None  # the low-resolution stream, for live views on a phone
+    snapshot_url: str | None = None
 
     @property
     def active(self) -> bool:
         return self.removed_utc_ns is None
+
+
+# Fields `Store.update_camera` may change (id, url, credentials and times are fixed for a camera's life).
+CAMERA_SETTABLE = frozenset(
+    {
+        "name",
+        "consent",
+        "location",
+        "lat",
+        "lon",
+        "max_age_s",
+        "maker",
+        "model",
+        "serial",
+        "firmware",
+        "sub_url",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A camera seen on the LAN (WS-Discovery Hello/ProbeMatch or mDNS) that may not be added yet."""
+
+    key: str  # WS-Discovery endpoint reference (urn:uuid:…) or "mdns:<instance>"
+    source: Literal["ws-discovery", "mdns"]
+    address: str
+    device_url: str | None  # ONVIF device service
+    stream_url: str | None  # mDNS-announced RTSP URL
+    name: str | None
+    hardware: str | None
+    location: str | None
+    first_seen_utc_ns: int
+    last_seen_utc_ns: int
+    gone_utc_ns: int | None  # WS-Discovery Bye
 
 
 @dataclass(frozen=True)
@@ -102,8 +152,40 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m2_discovery(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        ALTER TABLE cameras ADD COLUMN consent TEXT NOT NULL DEFAULT 'private'
+            CHECK (consent IN ('private', 'registered', 'integrated'));
+        ALTER TABLE cameras ADD COLUMN location TEXT;
+        ALTER TABLE cameras ADD COLUMN lat REAL CHECK (lat IS NULL OR lat BETWEEN -90 AND 90);
+        ALTER TABLE cameras ADD COLUMN lon REAL CHECK (lon IS NULL OR lon BETWEEN -180 AND 180);
+        ALTER TABLE cameras ADD COLUMN maker TEXT;
+        ALTER TABLE cameras ADD COLUMN model TEXT;
+        ALTER TABLE cameras ADD COLUMN serial TEXT;
+        ALTER TABLE cameras ADD COLUMN firmware TEXT;
+        ALTER TABLE cameras ADD COLUMN onvif_url TEXT;
+        ALTER TABLE cameras ADD COLUMN sub_url TEXT;
+        ALTER TABLE cameras ADD COLUMN snapshot_url TEXT;
+        CREATE TABLE candidates (
+            key TEXT PRIMARY KEY,
+            source TEXT NOT NULL CHECK (source IN ('ws-discovery', 'mdns')),
+            address TEXT NOT NULL,
+            device_url TEXT,
+            stream_url TEXT,
+            name TEXT,
+            hardware TEXT,
+            location TEXT,
+            first_seen_utc_ns INTEGER NOT NULL,
+            last_seen_utc_ns INTEGER NOT NULL,
+            gone_utc_ns INTEGER
+        );
+        """
+    )
+
+
 # Append only. Each entry takes the schema from version i to i + 1.
-MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (_m1_initial,)
+MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (_m1_initial, _m2_discovery)
 
 
 class Store:
@@ -187,16 +269,62 @@ class Store:
         password_blob: bytes | None,
         max_age_s: int | None,
         now_utc_ns: int,
+        maker: str | None = None,
+        model: str | None = None,
+        serial: str | None = None,
+        firmware: str | None = None,
+        onvif_url: str | None = None,
+        sub_url: str | None = None,
+        snapshot_url: str | None = None,
     ) -> Camera:
+        """A new camera is always private: sharing is the owner's later, explicit choice."""
         with self.transaction() as c:
             cur = c.execute(
-                "INSERT INTO cameras (name, url, username, password_blob, max_age_s, created_utc_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, url, username, password_blob, max_age_s, now_utc_ns),
-            )
+                "INSERT INTO cameras (name, url, username, password_blob, max_age_s, created_utc_ns,"
+                " maker, model, serial, firmware, onvif_url, sub_url, snapshot_url)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name, url, username, password_blob, max_age_s, now_utc_ns,
+                    maker, model, serial, firmware, onvif_url, sub_url, snapshot_url,
+                ),
+            )  # fmt: skip
             assert cur.lastrowid is not None
             camera_id = cur.lastrowid
         return self.camera(camera_id)
+
+    def update_camera(self, camera_id: int, **fields: object) -> tuple[Camera, Camera]:
+        """Change settable fields of an active camera; returns (before, after).
+
+        Refuses a change that would leave an *integrated* camera without a position: police access is
+        promised only for emergencies near the camera, which needs to know where it is.
+        """
+        bad = set(fields) - CAMERA_SETTABLE
+        if bad:
+            raise Malformed(f"cannot set {', '.join(sorted(bad))} on a camera")
+        if "consent" in fields and fields["consent"] not in CONSENT_LEVELS:
+            raise Malformed(f"consent must be one of {', '.join(CONSENT_LEVELS)}, not {fields['consent']!r}")
+        with self.transaction() as c:
+            before = self.camera(camera_id)
+            if before.removed_utc_ns is not None:
+                raise NotFound(f"no active camera with id {camera_id}")
+            after = replace(before, **fields)  # type: ignore[arg-type]
+            if (after.lat is None) != (after.lon is None):
+                raise Malformed("give both --lat and --lon, or neither")
+            if after.consent == "integrated" and after.lat is None:
+                raise Malformed(
+                    f"camera {camera_id} has no position: an integrated camera needs --lat/--lon, because"
+                    " police access is limited to emergencies near it"
+                )
+            if fields:
+                cols = sorted(fields)
+                try:
+                    c.execute(
+                        f"UPDATE cameras SET {', '.join(f'{k} = ?' for k in cols)} WHERE id = ?",
+                        [fields[k] for k in cols] + [camera_id],
+                    )
+                except sqlite3.IntegrityError as e:  # the CHECKs: lat/lon ranges, consent values
+                    raise Malformed(f"camera {camera_id}: invalid value ({e})") from None
+        return before, self.camera(camera_id)
 
     def camera(self, camera_id: int) -> Camera:
         row = self._row(f"SELECT {_CAMERA_COLS} FROM cameras WHERE id = ?", (camera_id,))
@@ -328,8 +456,72 @@ class Store:
         )
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
+    # --- candidates (cameras seen on the LAN) ----------------------------------------------------
 
-_CAMERA_COLS = "id, name, url, username, password_blob, max_age_s, created_utc_ns, removed_utc_ns"
+    def saw_candidate(
+        self,
+        *,
+        key: str,
+        source: Literal["ws-discovery", "mdns"],
+        address: str,
+        now_utc_ns: int,
+        device_url: str | None = None,
+        stream_url: str | None = None,
+        name: str | None = None,
+        hardware: str | None = None,
+        location: str | None = None,
+    ) -> None:
+        """Insert or refresh; a camera seen again after a Bye is back (gone cleared)."""
+        with self.transaction() as c:
+            c.execute(
+                f"INSERT INTO candidates ({_CANDIDATE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)"
+                " ON CONFLICT(key) DO UPDATE SET address = excluded.address,"
+                " device_url = COALESCE(excluded.device_url, device_url),"
+                " stream_url = COALESCE(excluded.stream_url, stream_url),"
+                " name = COALESCE(excluded.name, name), hardware = COALESCE(excluded.hardware, hardware),"
+                " location = COALESCE(excluded.location, location),"
+                " last_seen_utc_ns = excluded.last_seen_utc_ns, gone_utc_ns = NULL",
+                (
+                    key,
+                    source,
+                    address,
+                    device_url,
+                    stream_url,
+                    name,
+                    hardware,
+                    location,
+                    now_utc_ns,
+                    now_utc_ns,
+                ),
+            )
+            # Anyone on the LAN can announce "cameras": keep the most recently seen, not all of them.
+            c.execute(
+                "DELETE FROM candidates WHERE key NOT IN"
+                " (SELECT key FROM candidates ORDER BY last_seen_utc_ns DESC LIMIT ?)",
+                (MAX_CANDIDATES,),
+            )
+
+    def candidate_gone(self, key: str, *, now_utc_ns: int) -> bool:
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE candidates SET gone_utc_ns = ? WHERE key = ? AND gone_utc_ns IS NULL",
+                (now_utc_ns, key),
+            )
+            return cur.rowcount > 0
+
+    def candidates(self) -> list[Candidate]:
+        rows = self._rows(f"SELECT {_CANDIDATE_COLS} FROM candidates ORDER BY last_seen_utc_ns DESC")
+        return [Candidate(*r) for r in rows]
+
+
+_CAMERA_COLS = (
+    "id, name, url, username, password_blob, max_age_s, created_utc_ns, removed_utc_ns, consent, location,"
+    " lat, lon, maker, model, serial, firmware, onvif_url, sub_url, snapshot_url"
+)
+_CANDIDATE_COLS = (
+    "key, source, address, device_url, stream_url, name, hardware, location, first_seen_utc_ns,"
+    " last_seen_utc_ns, gone_utc_ns"
+)
 _SEGMENT_COLS = (
     "id, camera_id, start_utc_ns, end_utc_ns, media_duration_ns, bytes, path, codec, audio_codec, state"
 )

@@ -21,7 +21,13 @@ EDGE = [sys.executable, "-m", "edge"]
 
 
 def write_config(path: Path, data_dir: Path, **sections: dict[str, Any]) -> Path:
-    """A TOML config with data_dir set and any other keys given as {section: {key: value}}."""
+    """A TOML config with data_dir set and any other keys given as {section: {key: value}}.
+
+    Unless a test says otherwise the daemon does not listen for WS-Discovery announcements: joining a
+    multicast group sends IGMP reports out of the host's real interfaces. Discovery tests run in the
+    namespaces of tests/lan.py and pass ``discovery={...}`` themselves.
+    """
+    sections.setdefault("discovery", {"listen": False})
     lines = ["[storage]", f'data_dir = "{data_dir}"']
     storage = sections.pop("storage", {})
     lines += [f"{k} = {_toml(v)}" for k, v in storage.items()]
@@ -33,6 +39,8 @@ def write_config(path: Path, data_dir: Path, **sections: dict[str, Any]) -> Path
 
 
 def _toml(v: Any) -> str:
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
@@ -41,14 +49,20 @@ def _toml(v: Any) -> str:
 
 
 def edge_cli(
-    config: Path, *args: str, stdin: str | None = None, check: bool = True
+    config: Path,
+    *args: str,
+    stdin: str | None = None,
+    check: bool = True,
+    prefix: list[str] | None = None,
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
+    """``prefix``: e.g. ``lan.cmd(lan.box, [])`` to run the CLI inside the appliance's namespace."""
     proc = subprocess.run(
-        [*EDGE, "--config", str(config), *args],
+        [*(prefix or []), *EDGE, "--config", str(config), *args],
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
     if check and proc.returncode != 0:
@@ -65,10 +79,13 @@ class Daemon:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     logs: list[str] = field(default_factory=list)
+    prefix: list[str] = field(default_factory=list)  # e.g. lan.cmd(lan.box, []): run in a namespace
 
     def start(self, *, wait_recording: int = 0, timeout_s: float = 30.0) -> Daemon:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([*EDGE, "--config", str(self.config), "run"], stdout=log, stderr=log)
+        self.proc = subprocess.Popen(
+            [*self.prefix, *EDGE, "--config", str(self.config), "run"], stdout=log, stderr=log
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -40,3 +40,16 @@ def test_recorder_does_not_import_the_other_subsystems() -> None:
             if i.startswith(("edge.discovery", "edge.uplink", "edge.web", "edge.hub"))
         }
         assert not bad, f"{path.name} imports {bad}"
+
+
+def test_discovery_is_a_library_of_its_own() -> None:
+    """Discovery talks to the LAN and reports; storing and deciding is the callers' (cameras, CLI, daemon)."""
+    for path in (EDGE / "discovery").rglob("*.py"):
+        bad = {
+            i
+            for i in _imports(path)
+            if i.startswith(
+                ("edge.store", "edge.cameras", "edge.uplink", "edge.web", "edge.hub", "edge.credentials")
+            )
+        }
+        assert not bad, f"{path.name} imports {bad}"

@@ -1,0 +1,123 @@
+"""Camera management beyond add/remove: consent level, location, `edge cameras set`, schema upgrade."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+import sqlite_utils
+
+from edge.store import MIGRATIONS, Store
+from tests.harness import edge_cli, write_config
+
+SYNTH = "synthetic:?w=320&h=240&fps=10&gop=1"
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "edge.toml", tmp_path / "data")
+
+
+def _cams(cfg: Path) -> list[dict[str, object]]:
+    return list(json.loads(edge_cli(cfg, "cameras", "list", "--json").stdout))
+
+
+def test_new_camera_is_private_with_no_location(cfg: Path) -> None:
+    edge_cli(cfg, "cameras", "add", SYNTH, "--name", "till")
+    (cam,) = _cams(cfg)
+    assert cam["consent"] == "private"
+    assert cam["location"] is None and cam["lat"] is None and cam["lon"] is None
+
+
+def test_set_name_location_position_and_consent(cfg: Path) -> None:
+    edge_cli(cfg, "cameras", "add", SYNTH, "--name", "till")
+    out = edge_cli(
+        cfg, "cameras", "set", "1", "--name", "Back door", "--location", "above the bins",
+        "--lat", "51.50135", "--lon", "-0.14189",
+    ).stdout  # fmt: skip
+    assert "name till -> Back door" in out
+    out = edge_cli(cfg, "cameras", "set", "1", "--consent", "integrated").stdout
+    assert "consent private -> integrated" in out
+    (cam,) = _cams(cfg)
+    assert cam["name"] == "Back door"
+    assert cam["location"] == "above the bins"
+    assert (cam["lat"], cam["lon"]) == (51.50135, -0.14189)
+    assert cam["consent"] == "integrated"
+    table = edge_cli(cfg, "cameras", "list").stdout
+    assert "integrated" in table and "above the bins (51.50135, -0.14189)" in table
+
+
+def test_integrated_needs_a_position(cfg: Path) -> None:
+    """Police access is promised only for emergencies near the camera: no position, no integration."""
+    edge_cli(cfg, "cameras", "add", SYNTH)
+    proc = edge_cli(cfg, "cameras", "set", "1", "--consent", "integrated", check=False)
+    assert proc.returncode == 1
+    assert "needs --lat/--lon" in proc.stderr and "Traceback" not in proc.stderr
+    assert _cams(cfg)[0]["consent"] == "private"
+    # Once integrated, the position cannot be dropped while the camera stays integrated.
+    edge_cli(cfg, "cameras", "set", "1", "--lat", "40.0", "--lon", "-3.7", "--consent", "integrated")
+    proc = edge_cli(cfg, "cameras", "set", "1", "--no-position", check=False)
+    assert proc.returncode == 1 and "needs --lat/--lon" in proc.stderr
+    edge_cli(cfg, "cameras", "set", "1", "--consent", "registered", "--no-position")
+    cam = _cams(cfg)[0]
+    assert (cam["consent"], cam["lat"], cam["lon"]) == ("registered", None, None)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lat", "91", "--lon", "0"], "invalid value"),
+        (["--lat", "10"], "both --lat and --lon"),
+        (["--name", "  "], "--name cannot be empty"),
+        ([], "nothing to change"),
+    ],
+)
+def test_bad_settings_are_refused_and_change_nothing(cfg: Path, args: list[str], message: str) -> None:
+    edge_cli(cfg, "cameras", "add", SYNTH, "--name", "till")
+    before = _cams(cfg)
+    proc = edge_cli(cfg, "cameras", "set", "1", *args, check=False)
+    assert proc.returncode in (1, 2)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert _cams(cfg) == before
+
+
+def test_bad_consent_value_is_a_usage_error(cfg: Path) -> None:
+    edge_cli(cfg, "cameras", "add", SYNTH)
+    proc = edge_cli(cfg, "cameras", "set", "1", "--consent", "public", check=False)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_set_on_removed_or_unknown_camera(cfg: Path) -> None:
+    edge_cli(cfg, "cameras", "add", SYNTH)
+    edge_cli(cfg, "cameras", "remove", "1")
+    for cam_id in ("1", "7"):
+        proc = edge_cli(cfg, "cameras", "set", cam_id, "--name", "x", check=False)
+        assert proc.returncode == 1 and "camera with id" in proc.stderr
+
+
+def test_same_stream_twice_is_allowed_with_a_note(cfg: Path) -> None:
+    url = "rtsp://192.0.2.10:554/stream1"  # never contacted: adding only writes the database
+    edge_cli(cfg, "cameras", "add", url, "--name", "a")
+    proc = edge_cli(cfg, "cameras", "add", url, "--name", "b")
+    assert "camera 1 (a) records the same stream already" in proc.stderr
+    assert [c["name"] for c in _cams(cfg)] == ["a", "b"]
+
+
+def test_upgrade_from_schema_1_keeps_cameras_private(tmp_path: Path) -> None:
+    """A box recording under the first schema upgrades in place; its cameras come out private."""
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(data / "edge.db", isolation_level=None)
+    MIGRATIONS[0](sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO cameras (name, url, created_utc_ns) VALUES ('old', 'rtsp://192.0.2.1/s', 1)")
+    conn.close()
+    store = Store.open(data)
+    try:
+        assert store.schema_version == len(MIGRATIONS)
+        (cam,) = store.cameras()
+        assert (cam.name, cam.consent, cam.location, cam.onvif_url) == ("old", "private", None, None)
+    finally:
+        store.close()
