@@ -35,12 +35,7 @@ UTF-8.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
-import os
-import secrets
-import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -48,6 +43,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
+from edge import keyfiles
 from edge.errors import Error
 
 PRIVATE_KEY_NAME = "credentials.key"
@@ -59,8 +55,8 @@ KEY_BYTES = 32
 _ENC_BYTES = 32
 _TAG_BYTES = 16
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
-_PRIVATE_MODE = 0o600
-_PUBLIC_MODE = 0o644
+_PRIVATE_MODE = keyfiles.PRIVATE_MODE
+_PUBLIC_MODE = keyfiles.PUBLIC_MODE
 
 
 class CredentialError(Error):
@@ -97,76 +93,18 @@ def _raw_public(key: X25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to a fresh temporary file created with ``mode``, fsync, rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        try:
-            os.fchmod(fd, mode)  # exact, whatever the umask took away; O_CREAT already never gave more
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CredentialError(f"cannot write {path}: {e.strerror}") from None
+    keyfiles.write_atomically(path, data, mode, CredentialError)
 
 
-@contextlib.contextmanager
-def _creation_lock(data_dir: Path) -> Iterator[None]:
-    path = data_dir / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _PUBLIC_MODE)
-    except OSError as e:
-        raise CredentialError(f"cannot open {path}: {e.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        for stale in data_dir.glob(".credentials.*.tmp"):  # left by a crash mid-write; we hold the lock
-            stale.unlink(missing_ok=True)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
+def _creation_lock(data_dir: Path) -> contextlib.AbstractContextManager[None]:
+    return keyfiles.creation_lock(data_dir, LOCK_NAME, CredentialError)
 
 
 def _read_key_file(path: Path, *, private: bool) -> bytes:
-    """Read a 32-byte raw key. Refuse a private key group or others may access, and a public key they may
-    change (someone who can swap it receives every password sealed afterwards)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise CredentialError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CredentialError(f"{path} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if private and mode & 0o077:
-            raise CredentialError(
-                f"refusing private key {path}: mode {mode:04o} lets group or others access it (chmod 600 it)"
-            )
-        if not private and mode & 0o022:
-            raise CredentialError(
-                f"refusing public key {path}: mode {mode:04o} lets group or others change it (chmod 644 it)"
-            )
-        data = os.read(fd, KEY_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) != KEY_BYTES:
-        raise CredentialError(f"{path} is not a raw {KEY_BYTES}-byte X25519 key")
-    return data
+    return keyfiles.read_key_file(
+        path, private=private, size=KEY_BYTES, what="X25519 key", error=CredentialError
+    )
 
 
 def _create_pair(data_dir: Path) -> X25519PrivateKey:
@@ -178,11 +116,7 @@ def _create_pair(data_dir: Path) -> X25519PrivateKey:
 
 
 def _prepare_dir(data_dir: Path) -> Path:
-    try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise CredentialError(f"cannot create data directory {data_dir}: {e.strerror}") from None
-    return data_dir
+    return keyfiles.prepare_dir(data_dir, CredentialError)
 
 
 class Sealer:
