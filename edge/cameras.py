@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from edge.audit import AuditLog, Event, cli_actor
 from edge.credentials import Sealer
 from edge.errors import Error, Malformed
 from edge.redact import redact_url
@@ -80,7 +81,7 @@ def add_stream(
     now_utc_ns: int,
 ) -> Camera:
     blob = sealer.seal(target.password, target.url.encode()) if target.password is not None else None
-    return store.add_camera(
+    cam = store.add_camera(
         name=name or _default_name(target.url),
         url=target.url,
         username=target.username,
@@ -88,6 +89,8 @@ def add_stream(
         max_age_s=max_age_s,
         now_utc_ns=now_utc_ns,
     )
+    _log_added(store, cam, now_utc_ns)
+    return cam
 
 
 def add_onvif(
@@ -112,7 +115,7 @@ def add_onvif(
     if dup is not None:
         raise Error(f"that camera is already camera {dup.id} ({dup.name})")
     blob = sealer.seal(target.password, stream_url.encode()) if target.password is not None else None
-    return store.add_camera(
+    cam = store.add_camera(
         name=name
         or " ".join(x for x in (report.manufacturer, report.model) if x)
         or _default_name(stream_url),
@@ -129,6 +132,61 @@ def add_onvif(
         sub_url=_without_userinfo(sub.stream_uri) if sub is not None and sub.stream_uri else None,
         snapshot_url=main.snapshot_uri,
     )
+    _log_added(store, cam, now_utc_ns)
+    return cam
+
+
+# The camera row and its audit entry are two transactions: a crash between them leaves a camera whose
+# addition is not logged (never an entry for a camera that does not exist). The same holds for change().
+def _log_added(store: Store, cam: Camera, now_utc_ns: int) -> None:
+    details = {"name": cam.name, "url": redact_url(cam.url), "consent": cam.consent}
+    if cam.onvif_url:
+        details |= {"onvif_url": cam.onvif_url, "maker": cam.maker or "", "model": cam.model or ""}
+    AuditLog(store).log(
+        Event("camera.added", cli_actor(), cameras=(cam.id,), details=details), now_utc_ns=now_utc_ns
+    )
+
+
+def remove(store: Store, camera_id: int, *, now_utc_ns: int) -> Camera:
+    """Stop recording it (its footage stays until retention deletes it); logged."""
+    cam = store.remove_camera(camera_id, now_utc_ns=now_utc_ns)
+    AuditLog(store).log(
+        Event("camera.removed", cli_actor(), cameras=(cam.id,), details={"name": cam.name}),
+        now_utc_ns=now_utc_ns,
+    )
+    return cam
+
+
+def change(
+    store: Store, camera_id: int, changes: dict[str, object], *, now_utc_ns: int
+) -> tuple[Camera, Camera]:
+    """Apply ``changes`` (see Store.update_camera); a consent change is its own audit event."""
+    before, after = store.update_camera(camera_id, **changes)
+    events = []
+    if before.consent != after.consent:
+        events.append(
+            Event(
+                "consent.changed",
+                cli_actor(),
+                cameras=(camera_id,),
+                details={"from": before.consent, "to": after.consent},
+            )
+        )
+    changed = {
+        k: _jsonable(getattr(after, k))
+        for k in sorted(changes)
+        if k != "consent" and getattr(before, k) != getattr(after, k)
+    }
+    if changed:
+        events.append(Event("camera.changed", cli_actor(), cameras=(camera_id,), details=changed))
+    if events:
+        AuditLog(store).append(events, now_utc_ns=now_utc_ns)
+    return before, after
+
+
+def _jsonable(value: object) -> object:
+    # RFC 8785 numbers are IEEE doubles; coordinates go in as text so they read back exactly as set.
+    return repr(value) if isinstance(value, float) else value
 
 
 def _without_userinfo(url: str) -> str:

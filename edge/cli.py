@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge import control
+from edge import auditcli, control
 from edge.clock import NS_PER_S, SystemClock
 from edge.config import Config, StorageBudget, load_config
 from edge.errors import ConfigError, Error
@@ -283,6 +283,7 @@ def _profile_text(prof: Any) -> str:
 
 
 def cmd_cameras_set(args: argparse.Namespace) -> int:
+    from edge import cameras
     from edge.store import Store
 
     config = _load(args)
@@ -303,7 +304,7 @@ def cmd_cameras_set(args: argparse.Namespace) -> int:
         raise Error("nothing to change: give --name, --location, --lat/--lon, --consent or --max-age")
     store = Store.open(config.storage.data_dir)
     try:
-        before, after = store.update_camera(args.id, **changes)
+        before, after = cameras.change(store, args.id, changes, now_utc_ns=time.time_ns())
     finally:
         store.close()
     for key in sorted(changes):
@@ -381,12 +382,13 @@ def cmd_cameras_list(args: argparse.Namespace) -> int:
 
 
 def cmd_cameras_remove(args: argparse.Namespace) -> int:
+    from edge import cameras
     from edge.store import Store
 
     config = _load(args)
     store = Store.open(config.storage.data_dir)
     try:
-        cam = store.remove_camera(args.id, now_utc_ns=time.time_ns())
+        cam = cameras.remove(store, args.id, now_utc_ns=time.time_ns())
     finally:
         store.close()
     _out(f"removed camera {cam.id} ({cam.name}); its recordings stay until retention deletes them")
@@ -525,6 +527,23 @@ def cmd_export(args: argparse.Namespace) -> int:
             out_path=args.output,
             now_utc_ns=now,
         )
+        from edge.audit import AuditLog, Event, cli_actor
+
+        AuditLog(store).log(
+            Event(
+                "export.created",
+                cli_actor(),
+                cameras=(args.camera,),
+                details={
+                    "file": args.output.name,
+                    "from": str(t1),
+                    "to": str(t2),
+                    "bytes": manifest.clip_size,
+                    "sha256": manifest.clip_sha256,
+                },
+            ),
+            now_utc_ns=now,
+        )
     finally:
         store.close()
     _out(
@@ -649,6 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", type=Path, required=True)
     e.set_defaults(fn=cmd_export)
 
+    auditcli.add_parsers(sub, _load, parse_time)
+
     sn = sub.add_parser("snapshot", help="latest picture of a camera as JPEG")
     sn.add_argument("--camera", type=int, required=True)
     sn.add_argument("-o", "--output", type=Path, required=True)
@@ -656,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-TIME_OPTIONS = ("--from", "--to")
+TIME_OPTIONS = ("--from", "--to", "--since")
 
 
 def _join_time_values(argv: Sequence[str]) -> list[str]:

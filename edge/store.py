@@ -184,8 +184,46 @@ def _m2_discovery(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m3_audit(db: sqlite_utils.Database) -> None:
+    """The audit log (edge/audit.py). Triggers make the three tables append-only through SQL; an attacker
+    with root can still edit the file, which is what the Merkle tree and off-box checkpoints are for."""
+    db.executescript(
+        """
+        CREATE TABLE audit_entries (
+            seq INTEGER PRIMARY KEY CHECK (seq >= 0),
+            entry BLOB NOT NULL,                            -- canonical JSON (RFC 8785): what is hashed
+            leaf BLOB NOT NULL CHECK (length(leaf) = 32)    -- SHA-256(0x00 || entry), at append time
+        );
+        CREATE TABLE audit_nodes (                          -- perfect subtrees of level >= 1, for proofs
+            level INTEGER NOT NULL CHECK (level >= 1),
+            idx INTEGER NOT NULL CHECK (idx >= 0),
+            hash BLOB NOT NULL CHECK (length(hash) = 32),
+            PRIMARY KEY (level, idx)
+        ) WITHOUT ROWID;
+        CREATE TABLE audit_checkpoints (
+            id INTEGER PRIMARY KEY,
+            tree_size INTEGER NOT NULL CHECK (tree_size >= 0),
+            utc_ns INTEGER NOT NULL,
+            note BLOB NOT NULL                              -- the signed note, byte for byte
+        );
+        CREATE TRIGGER audit_entries_no_update BEFORE UPDATE ON audit_entries
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        CREATE TRIGGER audit_entries_no_delete BEFORE DELETE ON audit_entries
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        CREATE TRIGGER audit_nodes_no_update BEFORE UPDATE ON audit_nodes
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        CREATE TRIGGER audit_nodes_no_delete BEFORE DELETE ON audit_nodes
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+            BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        """
+    )
+
+
 # Append only. Each entry takes the schema from version i to i + 1.
-MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (_m1_initial, _m2_discovery)
+MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (_m1_initial, _m2_discovery, _m3_audit)
 
 
 class Store:
@@ -232,6 +270,19 @@ class Store:
                     continue
                 MIGRATIONS[i](db)
                 self._conn.execute(f"PRAGMA user_version={i + 1}")
+
+    def query(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+        """A read for a module that keeps its own tables here (the audit log)."""
+        return self._rows(sql, args)
+
+    def iterate(self, sql: str, args: Sequence[object] = (), batch: int = 4096) -> Iterator[Any]:
+        """Rows of a large read, a batch at a time (verifying a million audit entries)."""
+        try:
+            cur = self._conn.execute(sql, args)
+            while rows := cur.fetchmany(batch):
+                yield from rows
+        except sqlite3.OperationalError as e:
+            raise StorageError(f"database {self.path.name}: {e}") from None
 
     def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
         """A read; like writes, a full disk or I/O error becomes a StorageError."""
