@@ -41,6 +41,8 @@ lint: venv
 
 bench: apt-test venv
 	$(PY) bench/record.py
+	$(PY) bench/export.py
+	$(PY) bench/audit.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
