@@ -388,3 +388,53 @@ def test_daemon_makes_the_identity_and_checkpoints_at_start_on_request_and_at_st
         .splitlines()[-1]
         .startswith("OK: 2 entries, 2 checkpoints")
     )
+
+
+def test_every_inclusion_proof_from_the_stored_tree_verifies_and_a_flipped_bit_fails(tmp_path: Path) -> None:
+    """For random logs kept in SQLite: the proofs the box serves (from its stored subtrees) verify against
+    the root it signs, and any single flipped bit in an entry or a proof hash does not."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    counter = iter(range(10**6))
+
+    @settings(max_examples=25, deadline=None)
+    @given(
+        sizes=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+        pick=st.integers(0, 10**6),
+        bit=st.integers(0, 10**6),
+    )
+    def check(sizes: list[int], pick: int, bit: int) -> None:
+        d = tmp_path / f"h{next(counter)}"
+        store = Store.open(d, durable=False)
+        try:
+            log = AuditLog(store)
+            for i, n in enumerate(sizes):  # several batches, as the daemon appends
+                log.append(_events(n, 100 * i), now_utc_ns=1 + i)
+            size = log.size()
+            root = log.root()
+            rows = list(log.raw_entries())
+            assert root == merkle.root_from([merkle.leaf_hash(r) for _s, r, _l in rows])
+            for seq, raw, _l in rows:
+                proof = log.inclusion_proof(seq, size)
+                assert merkle.verify_inclusion(merkle.leaf_hash(raw), seq, size, proof, root)
+            seq = pick % size
+            raw = rows[seq][1]
+            proof = log.inclusion_proof(seq, size)
+            flipped = bytearray(raw)
+            flipped[bit % len(raw)] ^= 1 << (bit % 8)
+            assert not merkle.verify_inclusion(merkle.leaf_hash(bytes(flipped)), seq, size, proof, root)
+            if proof:
+                j = bit % len(proof)
+                bad = bytearray(proof[j])
+                bad[bit % 32] ^= 1 << (bit % 8)
+                tampered = [*proof[:j], bytes(bad), *proof[j + 1 :]]
+                assert not merkle.verify_inclusion(merkle.leaf_hash(raw), seq, size, tampered, root)
+            for old in range(1, size):
+                assert merkle.verify_consistency(
+                    old, size, log.root(old), root, log.consistency_proof(old, size)
+                )
+        finally:
+            store.close()
+
+    check()
