@@ -157,28 +157,29 @@ def remove(store: Store, camera_id: int, *, now_utc_ns: int) -> Camera:
     return cam
 
 
+# The consent level and the owner's limits on police access: changes to these are consent changes.
+CONSENT_FIELDS = ("radius_m", "allow_live", "max_session_s", "max_lookback_s", "hourly_quota")
+
+
 def change(
     store: Store, camera_id: int, changes: dict[str, object], *, now_utc_ns: int
 ) -> tuple[Camera, Camera]:
-    """Apply ``changes`` (see Store.update_camera); a consent change is its own audit event."""
+    """Apply ``changes`` (see Store.update_camera); consent and limit changes are their own audit event."""
     before, after = store.update_camera(camera_id, **changes)
-    events = []
-    if before.consent != after.consent:
-        events.append(
-            Event(
-                "consent.changed",
-                cli_actor(),
-                cameras=(camera_id,),
-                details={"from": before.consent, "to": after.consent},
-            )
-        )
-    changed = {
-        k: _jsonable(getattr(after, k))
-        for k in sorted(changes)
-        if k != "consent" and getattr(before, k) != getattr(after, k)
+    changed = {k for k in changes if getattr(before, k) != getattr(after, k)}
+    consent: dict[str, object] = {}
+    if "consent" in changed:
+        consent |= {"from": before.consent, "to": after.consent}
+    consent |= {
+        k: [_jsonable(getattr(before, k)), _jsonable(getattr(after, k))]
+        for k in CONSENT_FIELDS
+        if k in changed
     }
-    if changed:
-        events.append(Event("camera.changed", cli_actor(), cameras=(camera_id,), details=changed))
+    other = {k: _jsonable(getattr(after, k)) for k in sorted(changed - {"consent", *CONSENT_FIELDS})}
+    actor = cli_actor()
+    events = [Event("consent.changed", actor, cameras=(camera_id,), details=consent)] if consent else []
+    if other:
+        events.append(Event("camera.changed", actor, cameras=(camera_id,), details=other))
     if events:
         AuditLog(store).append(events, now_utc_ns=now_utc_ns)
     return before, after

@@ -300,8 +300,21 @@ def cmd_cameras_set(args: argparse.Namespace) -> int:
         changes["consent"] = args.consent
     if args.max_age is not None:
         changes["max_age_s"] = parse_duration_s(args.max_age) if args.max_age != "none" else None
+    if args.radius is not None:
+        changes["radius_m"] = args.radius
+    if args.live is not None:
+        changes["allow_live"] = args.live
+    if args.max_session is not None:
+        changes["max_session_s"] = parse_duration_s(args.max_session)
+    if args.max_lookback is not None:
+        changes["max_lookback_s"] = parse_duration_s(args.max_lookback)
+    if args.quota is not None:
+        changes["hourly_quota"] = args.quota
     if not changes:
-        raise Error("nothing to change: give --name, --location, --lat/--lon, --consent or --max-age")
+        raise Error(
+            "nothing to change: give --name, --location, --lat/--lon, --consent, --max-age or a police"
+            " access limit (--radius, --live/--no-live, --max-session, --max-lookback, --quota)"
+        )
     store = Store.open(config.storage.data_dir)
     try:
         before, after = cameras.change(store, args.id, changes, now_utc_ns=time.time_ns())
@@ -352,6 +365,11 @@ def cmd_cameras_list(args: argparse.Namespace) -> int:
             "firmware": c.firmware,
             "onvif_url": c.onvif_url,
             "max_age_s": c.max_age_s,
+            "radius_m": c.radius_m,
+            "allow_live": c.allow_live,
+            "max_session_s": c.max_session_s,
+            "max_lookback_s": c.max_lookback_s,
+            "hourly_quota": c.hourly_quota,
             "removed": c.removed_utc_ns is not None,
         }
         for c in cams
@@ -636,6 +654,12 @@ def build_parser() -> argparse.ArgumentParser:
         " it in an emergency near it, within your limits",
     )
     st.add_argument("--max-age", help="delete footage older than e.g. 7d; 'none' for the storage budget only")
+    lim = st.add_argument_group("limits on police access (integrated cameras)")
+    lim.add_argument("--radius", type=int, metavar="M", help="only for emergencies within M metres (300)")
+    lim.add_argument("--live", action=argparse.BooleanOptionalAction, help="allow live view (default yes)")
+    lim.add_argument("--max-session", metavar="DUR", help="longest session, e.g. 15m (at most 60m)")
+    lim.add_argument("--max-lookback", metavar="DUR", help="oldest footage police may ask for, e.g. 7d")
+    lim.add_argument("--quota", type=int, metavar="N", help="requests per hour per camera (4)")
     st.set_defaults(fn=cmd_cameras_set)
     rm = cams.add_parser("remove", help="stop recording a camera (its footage stays until retention)")
     rm.add_argument("id", type=int)

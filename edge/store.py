@@ -53,6 +53,12 @@ class Camera:
     onvif_url: str | None = None  # device service, when the camera was added through ONVIF
     sub_url: str | None = None  # the low-resolution stream, for live views on a phone
     snapshot_url: str | None = None
+    # The owner's limits on police access to an integrated camera (edge/consent.py enforces them).
+    radius_m: int = 300
+    allow_live: bool = True
+    max_session_s: int = 900
+    max_lookback_s: int = 7 * 86400
+    hourly_quota: int = 4
 
     @property
     def active(self) -> bool:
@@ -73,6 +79,11 @@ CAMERA_SETTABLE = frozenset(
         "serial",
         "firmware",
         "sub_url",
+        "radius_m",
+        "allow_live",
+        "max_session_s",
+        "max_lookback_s",
+        "hourly_quota",
     }
 )
 
@@ -222,8 +233,41 @@ def _m3_audit(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m4_requests(db: sqlite_utils.Database) -> None:
+    """The owner's per-camera limits for police access, and the replay guards for access requests."""
+    db.executescript(
+        """
+        ALTER TABLE cameras ADD COLUMN radius_m INTEGER NOT NULL DEFAULT 300
+            CHECK (radius_m BETWEEN 10 AND 50000);
+        ALTER TABLE cameras ADD COLUMN allow_live INTEGER NOT NULL DEFAULT 1 CHECK (allow_live IN (0, 1));
+        ALTER TABLE cameras ADD COLUMN max_session_s INTEGER NOT NULL DEFAULT 900
+            CHECK (max_session_s BETWEEN 1 AND 3600);
+        ALTER TABLE cameras ADD COLUMN max_lookback_s INTEGER NOT NULL DEFAULT 604800
+            CHECK (max_lookback_s BETWEEN 0 AND 7776000);
+        ALTER TABLE cameras ADD COLUMN hourly_quota INTEGER NOT NULL DEFAULT 4
+            CHECK (hourly_quota BETWEEN 0 AND 100);
+        CREATE TABLE request_jtis (                 -- every jti ever accepted for checking: never twice
+            jti TEXT PRIMARY KEY,
+            iss TEXT NOT NULL,
+            exp INTEGER NOT NULL,
+            seen_utc_ns INTEGER NOT NULL
+        );
+        CREATE TABLE dev_nonces (                   -- challenges the box handed the hub; single use
+            nonce TEXT PRIMARY KEY,
+            issued_utc_ns INTEGER NOT NULL,
+            used_utc_ns INTEGER
+        );
+        """
+    )
+
+
 # Append only. Each entry takes the schema from version i to i + 1.
-MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (_m1_initial, _m2_discovery, _m3_audit)
+MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (
+    _m1_initial,
+    _m2_discovery,
+    _m3_audit,
+    _m4_requests,
+)
 
 
 class Store:
@@ -381,12 +425,12 @@ class Store:
         row = self._row(f"SELECT {_CAMERA_COLS} FROM cameras WHERE id = ?", (camera_id,))
         if row is None:
             raise NotFound(f"no camera with id {camera_id}")
-        return Camera(*row)
+        return _camera(row)
 
     def cameras(self, *, include_removed: bool = False) -> list[Camera]:
         where = "" if include_removed else " WHERE removed_utc_ns IS NULL"
         rows = self._rows(f"SELECT {_CAMERA_COLS} FROM cameras{where} ORDER BY id")
-        return [Camera(*r) for r in rows]
+        return [_camera(r) for r in rows]
 
     def remove_camera(self, camera_id: int, *, now_utc_ns: int) -> Camera:
         """Stops recording it; its footage stays until retention deletes it."""
@@ -567,8 +611,16 @@ class Store:
 
 _CAMERA_COLS = (
     "id, name, url, username, password_blob, max_age_s, created_utc_ns, removed_utc_ns, consent, location,"
-    " lat, lon, maker, model, serial, firmware, onvif_url, sub_url, snapshot_url"
+    " lat, lon, maker, model, serial, firmware, onvif_url, sub_url, snapshot_url, radius_m, allow_live,"
+    " max_session_s, max_lookback_s, hourly_quota"
 )
+
+
+def _camera(row: Sequence[Any]) -> Camera:
+    cam = Camera(*row)
+    return replace(cam, allow_live=bool(cam.allow_live))  # SQLite has no booleans
+
+
 _CANDIDATE_COLS = (
     "key, source, address, device_url, stream_url, name, hardware, location, first_seen_utc_ns,"
     " last_seen_utc_ns, gone_utc_ns"

@@ -121,3 +121,31 @@ def test_upgrade_from_schema_1_keeps_cameras_private(tmp_path: Path) -> None:
         assert (cam.name, cam.consent, cam.location, cam.onvif_url) == ("old", "private", None, None)
     finally:
         store.close()
+
+
+def _limits(cfg: Path) -> tuple[object, ...]:
+    cam = _cams(cfg)[0]
+    return tuple(
+        cam[k] for k in ("radius_m", "allow_live", "max_session_s", "max_lookback_s", "hourly_quota")
+    )
+
+
+def test_owner_limits_on_police_access_are_set_and_logged_as_consent(cfg: Path) -> None:
+    edge_cli(cfg, "cameras", "add", SYNTH)
+    assert _limits(cfg) == (300, True, 900, 7 * 86400, 4)
+    edge_cli(
+        cfg, "cameras", "set", "1", "--radius", "500", "--no-live", "--max-session", "10m",
+        "--max-lookback", "2d", "--quota", "2",
+    )  # fmt: skip
+    assert _limits(cfg) == (500, False, 600, 2 * 86400, 2)
+    (entry,) = [
+        json.loads(x)
+        for x in edge_cli(cfg, "audit", "show", "--json", "--type", "consent").stdout.splitlines()
+    ]
+    assert entry["details"] == {
+        "radius_m": [300, 500], "allow_live": [True, False], "max_session_s": [900, 600],
+        "max_lookback_s": [604800, 172800], "hourly_quota": [4, 2],
+    }  # fmt: skip
+    proc = edge_cli(cfg, "cameras", "set", "1", "--max-session", "2h", check=False)
+    assert proc.returncode == 1 and "invalid value" in proc.stderr  # over the 60 min hard cap
+    assert _cams(cfg)[0]["max_session_s"] == 600
