@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge import auditcli, control
+from edge import auditcli, consentcli, control
 from edge.clock import NS_PER_S, SystemClock
 from edge.config import Config, StorageBudget, load_config
 from edge.errors import ConfigError, Error
@@ -693,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=cmd_export)
 
     auditcli.add_parsers(sub, _load, parse_time)
+    consentcli.add_parsers(sub, _load, _notify_daemon, parse_duration_s)
 
     sn = sub.add_parser("snapshot", help="latest picture of a camera as JPEG")
     sn.add_argument("--camera", type=int, required=True)

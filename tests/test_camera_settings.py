@@ -149,3 +149,26 @@ def test_owner_limits_on_police_access_are_set_and_logged_as_consent(cfg: Path) 
     proc = edge_cli(cfg, "cameras", "set", "1", "--max-session", "2h", check=False)
     assert proc.returncode == 1 and "invalid value" in proc.stderr  # over the 60 min hard cap
     assert _cams(cfg)[0]["max_session_s"] == 600
+
+
+def test_consent_set_and_withdraw_from_the_command_line(cfg: Path) -> None:
+    edge_cli(cfg, "cameras", "add", SYNTH, "--name", "door")
+    edge_cli(cfg, "cameras", "add", SYNTH, "--name", "yard")
+    proc = edge_cli(cfg, "consent", "set", "1", "--level", "integrated", check=False)
+    assert proc.returncode == 1 and "needs --lat/--lon" in proc.stderr
+    edge_cli(cfg, "cameras", "set", "1", "--lat", "51.5", "--lon", "-0.14")
+    out = edge_cli(
+        cfg, "consent", "set", "1", "--level", "integrated", "--recorded-only", "--max-dur", "5m"
+    ).stdout
+    assert "integrated: recordings only, within 300 m" in out and "sessions up to 5 min" in out
+    edge_cli(cfg, "consent", "set", "2", "--level", "registered")
+    out = edge_cli(cfg, "consent", "withdraw", "--all").stdout
+    assert "integrated -> private" in out and "registered -> private" in out
+    assert {c["consent"] for c in json.loads(edge_cli(cfg, "consent", "show", "--json").stdout)} == {
+        "private"
+    }
+    kinds = [
+        json.loads(x)["details"]
+        for x in edge_cli(cfg, "audit", "show", "--json", "--type", "consent").stdout.splitlines()
+    ]
+    assert kinds[-2:] == [{"from": "integrated", "to": "private"}, {"from": "registered", "to": "private"}]
