@@ -16,27 +16,26 @@ docs/protocol.md in their order, and each failure raises :class:`Refused` with t
 
 The stateful checks that follow (``dev_nonce`` consumed, ``jti`` never seen) and the owner's policy
 (:mod:`edge.consent`) are not here. Bytes in, an :class:`AccessRequest` out: no I/O, no clock of its own.
+Steps 1 to 5 are :mod:`edge.jws`, shared with the other signed objects of the protocol.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
-import re
 import types
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import Final
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge import jws
 from edge.errors import Error
+from edge.jws import b64url_decode
+from edge.jws import json_type as _json_type
+from edge.jws import show as _show
+from edge.jws import show_value as _show_value
 from edge.uplink.claims import (
-    ALG,
     CLOCK_SKEW_S,
     MAX_CAMERAS,
     MAX_DUR_S,
@@ -64,10 +63,10 @@ CODES: Final = (
     "expired",
     "lifetime_too_long",
 )
-MAX_JSON_DEPTH: Final = 8
+MAX_JSON_DEPTH: Final = jws.MAX_JSON_DEPTH
 # I-JSON (RFC 7493): integers beyond 2**53 - 1 do not survive every JSON implementation a hub may use.
 MAX_JSON_INT: Final = 2**53 - 1
-SIGNATURE_BYTES: Final = 64
+SIGNATURE_BYTES: Final = jws.SIGNATURE_BYTES
 VIEWER_KEY_BYTES: Final = 32
 MAX_TEXT_CHARS: Final = 128  # sub, case
 MAX_KIND_CHARS: Final = 64
@@ -89,9 +88,6 @@ CLAIMS: Final = frozenset(
         "dev_nonce",
     }
 )
-_HEADER_MEMBERS: Final = frozenset({"alg", "typ", "kid"})
-_B64URL: Final = re.compile(rb"[A-Za-z0-9_-]*")
-_SHOW_CHARS: Final = 60
 _NOT_IN_A_LINE: Final = frozenset({"Cc", "Zl", "Zp"})  # controls (newline, ESC…), U+2028, U+2029
 # RFC 8032 lets a verifier accept a small-order public key, under which anyone can forge signatures for a
 # share of messages, and OpenSSL does. Pinning refuses them: the y coordinates (sign bit ignored) of the eight
@@ -151,21 +147,14 @@ class HubKeys:
 
 def verify_token(token: str | bytes, *, hub: HubKeys, device_id: str, now_s: int) -> AccessRequest:
     """Verify an emergency request up to and including its time claims; raise :class:`Refused` otherwise."""
-    raw = _raw_bytes(token)
-    parts = raw.split(b".")
-    if len(parts) != 3:
-        raise Refused("malformed", f"a compact JWS has 3 parts, this has {min(len(parts), 999)}")
-    header_b64, payload_b64, signature_b64 = parts
-    header = _json_object(_b64url_part(header_b64, "header"), "header")
-    payload = _json_object(_b64url_part(payload_b64, "payload"), "payload")
-    signature = _b64url_part(signature_b64, "signature")
+    try:
+        compact = jws.verify(
+            token, typ=TYP, max_bytes=MAX_TOKEN_BYTES, key_for=lambda kid: _pinned_key(hub, kid)
+        )
+    except jws.JWSError as e:
+        raise Refused(e.code, e.detail) from None
 
-    kid = _check_header(header)
-    public_key = _pinned_key(hub, kid)
-    if not _signature_holds(public_key, signature, raw[: len(header_b64) + 1 + len(payload_b64)]):
-        raise Refused("bad_signature", f"the Ed25519 signature does not verify with key {_show(kid)}")
-
-    request = _claims(payload, token=raw.decode("ascii"), kid=kid)
+    request = _claims(compact.payload, token=compact.token, kid=compact.kid)
     if request.aud != device_id:
         raise Refused("wrong_audience", f"aud {_show(request.aud)} is not this device")
     if request.iss != hub.hub_id:
@@ -177,156 +166,10 @@ def verify_token(token: str | bytes, *, hub: HubKeys, device_id: str, now_s: int
 def sign_token(claims: Mapping[str, object], *, kid: str, key: Ed25519PrivateKey) -> str:
     """Sign ``claims`` as a compact JWS with the exact header the verifier wants. The claims are not checked:
     the reference hub may sign anything, including what tests need refused."""
-    if not isinstance(kid, str) or not kid:
-        raise ValueError("kid must be a non-empty string")
-    header = {"alg": ALG, "typ": TYP, "kid": kid}
-    signing_input = _b64url_encode(_compact_json(header)) + b"." + _b64url_encode(_compact_json(dict(claims)))
-    return (signing_input + b"." + _b64url_encode(key.sign(signing_input))).decode("ascii")
+    return jws.sign(claims, typ=TYP, kid=kid, key=key)
 
 
-# --- steps 1 and 2: size, base64url, UTF-8, JSON ------------------------------------------------------------
-
-
-def _raw_bytes(token: object) -> bytes:
-    raw: bytes | bytearray
-    if isinstance(token, str):
-        if len(token) > MAX_TOKEN_BYTES:  # each character is at least one byte: no need to encode it all
-            raise Refused("too_large", f"token over {MAX_TOKEN_BYTES} bytes")
-        raw = token.encode("utf-8", "surrogatepass")  # counts bytes; non-ASCII is refused just below
-    elif isinstance(token, bytes | bytearray):
-        raw = token
-    else:
-        raise Refused("malformed", f"a token is text or bytes, not {type(token).__name__}")
-    if len(raw) > MAX_TOKEN_BYTES:
-        raise Refused("too_large", f"token of {len(raw)} bytes, over {MAX_TOKEN_BYTES}")
-    return bytes(raw)
-
-
-def b64url_decode(text: bytes) -> bytes | None:
-    """Strict base64url without padding (RFC 7515 section 2): the alphabet only, and canonical — the bytes
-    must re-encode to ``text`` (Python's decoder ignores the spare bits of the last character).
-    None if not."""
-    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
-        return None
-    try:
-        data = base64.urlsafe_b64decode(text + b"=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    return data if _b64url_encode(data) == text else None
-
-
-def _b64url_encode(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
-def _b64url_part(text: bytes, part: str) -> bytes:
-    data = b64url_decode(text)
-    if data is None:
-        raise Refused("malformed", f"the {part} is not strict base64url (alphabet, no padding, canonical)")
-    return data
-
-
-class _JSONRefused(ValueError):
-    pass
-
-
-def _json_object(data: bytes, part: str) -> dict[str, object]:
-    try:
-        text = data.decode("utf-8")  # strict: no overlong forms, no encoded surrogates
-    except UnicodeDecodeError:
-        raise Refused("malformed", f"the {part} is not UTF-8") from None
-    # json recurses per level: bound the depth before parsing (only possible with many brackets).
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
-        raise Refused("malformed", f"the {part} nests deeper than {MAX_JSON_DEPTH}")
-    try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_object_no_duplicates,
-            parse_constant=_no_constant,
-            parse_float=_finite_float,
-        )
-        _check_strings(value)
-    except _JSONRefused as e:
-        raise Refused("malformed", f"the {part} {e}") from None
-    except (ValueError, RecursionError):
-        raise Refused("malformed", f"the {part} is not JSON") from None
-    if not isinstance(value, dict):
-        raise Refused("malformed", f"the {part} is not a JSON object")
-    return value
-
-
-def _object_no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise _JSONRefused("has a duplicate key")
-    return obj
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise _JSONRefused(f"has {name}")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400 parses to inf without passing through parse_constant
-        raise _JSONRefused("has a number out of range")
-    return value
-
-
-def _check_strings(value: object) -> None:
-    """Refuse lone surrogates (``"\\ud800"``): valid JSON escapes, but no UTF-8 text downstream holds them."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _JSONRefused("has a lone surrogate") from None
-    elif isinstance(value, list):
-        for item in value:
-            _check_strings(item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_strings(key)
-            _check_strings(item)
-
-
-def _depth(text: str) -> int:
-    depth = deepest = 0
-    in_string = escaped = False
-    for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in "]}":
-            depth -= 1
-    return deepest
-
-
-# --- steps 3 to 5: header, key, signature -------------------------------------------------------------------
-
-
-def _check_header(header: dict[str, object]) -> str:
-    if header.keys() != _HEADER_MEMBERS:
-        extra = sorted(header.keys() - _HEADER_MEMBERS)
-        if extra:
-            raise Refused("bad_header", f"header parameter {_show(extra[0])} is not allowed")
-        raise Refused("bad_header", f"header lacks {', '.join(sorted(_HEADER_MEMBERS - header.keys()))}")
-    alg, typ, kid = header["alg"], header["typ"], header["kid"]
-    if alg != ALG:
-        raise Refused("bad_header", f"alg {_show_value(alg)} is not {ALG}")
-    if typ != TYP:
-        raise Refused("bad_header", f"typ {_show_value(typ)} is not {TYP}")
-    if not isinstance(kid, str) or not kid:
-        raise Refused("bad_header", "kid is not a non-empty string")
-    return kid
+# --- step 4: the pinned key ---------------------------------------------------------------------------------
 
 
 def _pinned_key(hub: HubKeys, kid: str) -> Ed25519PublicKey:
@@ -336,16 +179,6 @@ def _pinned_key(hub: HubKeys, kid: str) -> Ed25519PublicKey:
     if raw is None:
         raise Refused("unknown_key", f"key {_show(kid)} is not in the pinned key set")
     return Ed25519PublicKey.from_public_bytes(raw)
-
-
-def _signature_holds(public_key: Ed25519PublicKey, signature: bytes, signing_input: bytes) -> bool:
-    if len(signature) != SIGNATURE_BYTES:
-        return False
-    try:
-        public_key.verify(signature, signing_input)
-    except InvalidSignature:
-        return False
-    return True
 
 
 # --- step 6: claims -----------------------------------------------------------------------------------------
@@ -497,30 +330,3 @@ def _check_times(request: AccessRequest, now_s: int) -> None:
         )
     if request.exp <= request.nbf or request.exp <= request.iat:
         raise Refused("lifetime_too_long", "exp is not after nbf and iat")
-
-
-# --- helpers ------------------------------------------------------------------------------------------------
-
-
-def _compact_json(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def _show(text: str) -> str:
-    """``text`` quoted, escaped to ASCII, and cut: safe to put in a one-line detail."""
-    shown = ascii(text[: _SHOW_CHARS + 1])
-    if len(text) > _SHOW_CHARS or len(shown) > _SHOW_CHARS + 2:
-        return shown[:_SHOW_CHARS] + "..."
-    return shown
-
-
-def _show_value(value: object) -> str:
-    return _show(value) if isinstance(value, str) else f"of type {_json_type(value)}"
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "integer" if isinstance(value, int) else "float"
-    return {str: "string", list: "array", dict: "object", type(None): "null"}.get(type(value), "value")
