@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge import auditcli, consentcli, control
+from edge import auditcli, consentcli, control, paircli
 from edge.clock import NS_PER_S, SystemClock
 from edge.config import Config, StorageBudget, load_config
 from edge.errors import ConfigError, Error
@@ -699,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("--camera", type=int, required=True)
     sn.add_argument("-o", "--output", type=Path, required=True)
     sn.set_defaults(fn=cmd_snapshot)
+    paircli.add_parsers(sub, _load)  # edge pair, edge pairing, edge hub …
     return p
 
 

@@ -261,12 +261,37 @@ def _m4_requests(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m5_pairing(db: sqlite_utils.Database) -> None:
+    """The pinned hub (edge/uplink/pairing.py): one row, written only after the owner confirmed it."""
+    db.executescript(
+        """
+        CREATE TABLE pairing (
+            id INTEGER PRIMARY KEY CHECK (id = 1),  -- a box is paired to one hub
+            hub_id TEXT NOT NULL,
+            agency TEXT NOT NULL,
+            hub_url TEXT NOT NULL,
+            root_pem TEXT NOT NULL,                 -- the only trust anchor for TLS with the hub
+            client_cert_pem TEXT NOT NULL,          -- its key is tls-client.key in the data directory
+            keyset_jws TEXT NOT NULL,               -- the newest key set, as received
+            keyset_claims BLOB NOT NULL,            -- its claims, RFC 8785 JSON: what the fingerprint covers
+            keyset_version INTEGER NOT NULL CHECK (keyset_version >= 1),
+            revoked_kids TEXT NOT NULL,             -- JSON array: every kid a newer set left out
+            terms_version TEXT NOT NULL,
+            terms_text TEXT NOT NULL,
+            terms_sha256 TEXT NOT NULL CHECK (length(terms_sha256) = 64),
+            paired_utc_ns INTEGER NOT NULL
+        );
+        """
+    )
+
+
 # Append only. Each entry takes the schema from version i to i + 1.
 MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (
     _m1_initial,
     _m2_discovery,
     _m3_audit,
     _m4_requests,
+    _m5_pairing,
 )
 
 

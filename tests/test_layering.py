@@ -53,3 +53,25 @@ def test_discovery_is_a_library_of_its_own() -> None:
             )
         }
         assert not bad, f"{path.name} imports {bad}"
+
+
+def test_the_box_never_imports_the_police_hub() -> None:
+    """edge/hub is the police side. Only the command line that registers `edge hub …` (edge/paircli.py,
+    lazily) may name it; and the hub uses the box's protocol libraries, never the box's own state."""
+    offenders = []
+    for path in EDGE.rglob("*.py"):
+        module = ".".join(path.relative_to(EDGE.parent).with_suffix("").parts)
+        in_hub = module == "edge.hub" or module.startswith("edge.hub.")
+        if in_hub:
+            box_state = ("edge.store", "edge.audit", "edge.daemon", "edge.uplink.pairing", "edge.uplink.gate",
+                         "edge.recorder", "edge.discovery", "edge.cameras", "edge.credentials")  # fmt: skip
+            bad = {
+                i for i in _imports(path) if i in box_state or i.startswith(tuple(w + "." for w in box_state))
+            }
+        elif module == "edge.paircli":
+            continue
+        else:
+            bad = {i for i in _imports(path) if i == "edge.hub" or i.startswith("edge.hub.")}
+        if bad:
+            offenders.append(f"{module} imports {sorted(bad)}")
+    assert offenders == []
