@@ -7,7 +7,7 @@ public key before they reach the database (see :mod:`edge.credentials`); the cal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
@@ -183,6 +183,19 @@ def change(
     if events:
         AuditLog(store).append(events, now_utc_ns=now_utc_ns)
     return before, after
+
+
+def describe_change(before: Camera, after: Camera) -> list[str]:
+    """One line per field that changed, for people (the CLI now, the owner's page later)."""
+    changed = [(f.name, getattr(before, f.name), getattr(after, f.name)) for f in fields(Camera)]
+    lines = [
+        f"camera {after.id}: {k} {_or_dash(old)} -> {_or_dash(new)}" for k, old, new in changed if old != new
+    ]
+    return lines or [f"camera {after.id}: unchanged"]
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else str(value)
 
 
 def _jsonable(value: object) -> object:

@@ -296,42 +296,22 @@ def cmd_cameras_set(args: argparse.Namespace) -> int:
         changes["lat"], changes["lon"] = args.lat, args.lon
     if args.no_position:
         changes["lat"] = changes["lon"] = None
-    if args.consent is not None:
-        changes["consent"] = args.consent
     if args.max_age is not None:
         changes["max_age_s"] = parse_duration_s(args.max_age) if args.max_age != "none" else None
-    if args.radius is not None:
-        changes["radius_m"] = args.radius
-    if args.live is not None:
-        changes["allow_live"] = args.live
-    if args.max_session is not None:
-        changes["max_session_s"] = parse_duration_s(args.max_session)
-    if args.max_lookback is not None:
-        changes["max_lookback_s"] = parse_duration_s(args.max_lookback)
-    if args.quota is not None:
-        changes["hourly_quota"] = args.quota
     if not changes:
         raise Error(
-            "nothing to change: give --name, --location, --lat/--lon, --consent, --max-age or a police"
-            " access limit (--radius, --live/--no-live, --max-session, --max-lookback, --quota)"
+            "nothing to change: give --name, --location, --lat/--lon or --max-age"
+            " (what police may do is `edge consent set`)"
         )
     store = Store.open(config.storage.data_dir)
     try:
         before, after = cameras.change(store, args.id, changes, now_utc_ns=time.time_ns())
     finally:
         store.close()
-    for key in sorted(changes):
-        old, new = getattr(before, key), getattr(after, key)
-        if old != new:
-            _out(f"camera {after.id}: {key} {_or_dash(old)} -> {_or_dash(new)}")
-    if before == after:
-        _out(f"camera {after.id}: unchanged")
+    for line in cameras.describe_change(before, after):
+        _out(line)
     _notify_daemon(config.storage.data_dir)
     return 0
-
-
-def _or_dash(value: object) -> str:
-    return "-" if value is None else str(value)
 
 
 def _usage(message: str) -> Any:
@@ -640,26 +620,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--all", action="store_true", help="include removed cameras")
     ls.set_defaults(fn=cmd_cameras_list)
-    st = cams.add_parser("set", help="change a camera's name, location, consent level or retention")
+    st = cams.add_parser("set", help="change a camera's name, location or retention (sharing: edge consent)")
     st.add_argument("id", type=int)
     st.add_argument("--name")
     st.add_argument("--location", help='free text for people ("" clears it)')
     st.add_argument("--lat", type=float, help="latitude, decimal degrees (with --lon)")
     st.add_argument("--lon", type=float, help="longitude, decimal degrees (with --lat)")
     st.add_argument("--no-position", action="store_true", help="forget --lat/--lon")
-    st.add_argument(
-        "--consent",
-        choices=("private", "registered", "integrated"),
-        help="private: nobody outside; registered: police know it exists; integrated: police may view"
-        " it in an emergency near it, within your limits",
-    )
     st.add_argument("--max-age", help="delete footage older than e.g. 7d; 'none' for the storage budget only")
-    lim = st.add_argument_group("limits on police access (integrated cameras)")
-    lim.add_argument("--radius", type=int, metavar="M", help="only for emergencies within M metres (300)")
-    lim.add_argument("--live", action=argparse.BooleanOptionalAction, help="allow live view (default yes)")
-    lim.add_argument("--max-session", metavar="DUR", help="longest session, e.g. 15m (at most 60m)")
-    lim.add_argument("--max-lookback", metavar="DUR", help="oldest footage police may ask for, e.g. 7d")
-    lim.add_argument("--quota", type=int, metavar="N", help="requests per hour per camera (4)")
     st.set_defaults(fn=cmd_cameras_set)
     rm = cams.add_parser("remove", help="stop recording a camera (its footage stays until retention)")
     rm.add_argument("id", type=int)

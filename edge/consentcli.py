@@ -90,9 +90,9 @@ def cmd_set(args: argparse.Namespace, load: Loader, notify: Notify, duration: Ca
         before, after = cameras.change(store, args.camera, changes, now_utc_ns=time.time_ns())
     finally:
         store.close()
+    for line in cameras.describe_change(before, after):
+        _out(line)
     _out(f"camera {after.id} ({after.name}): {_describe(after)}")
-    if before == after:
-        _out("(unchanged)")
     notify(config.storage.data_dir)
     return 0
 

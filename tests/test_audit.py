@@ -341,7 +341,7 @@ def test_camera_and_export_events_are_logged_where_they_happen(tmp_path: Path) -
     cfg = write_config(tmp_path / "e.toml", data)
     edge_cli(cfg, "cameras", "add", SYNTH, "--name", "till")
     edge_cli(cfg, "cameras", "set", "1", "--name", "Till", "--lat", "51.5", "--lon", "-0.1")
-    edge_cli(cfg, "cameras", "set", "1", "--consent", "integrated")
+    edge_cli(cfg, "consent", "set", "1", "--level", "integrated")
     edge_cli(cfg, "cameras", "remove", "1")
     rows = [json.loads(line) for line in edge_cli(cfg, "audit", "show", "--json").stdout.splitlines()]
     assert [r["type"] for r in rows] == [

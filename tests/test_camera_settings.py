@@ -38,7 +38,7 @@ def test_set_name_location_position_and_consent(cfg: Path) -> None:
         "--lat", "51.50135", "--lon", "-0.14189",
     ).stdout  # fmt: skip
     assert "name till -> Back door" in out
-    out = edge_cli(cfg, "cameras", "set", "1", "--consent", "integrated").stdout
+    out = edge_cli(cfg, "consent", "set", "1", "--level", "integrated").stdout
     assert "consent private -> integrated" in out
     (cam,) = _cams(cfg)
     assert cam["name"] == "Back door"
@@ -52,15 +52,17 @@ def test_set_name_location_position_and_consent(cfg: Path) -> None:
 def test_integrated_needs_a_position(cfg: Path) -> None:
     """Police access is promised only for emergencies near the camera: no position, no integration."""
     edge_cli(cfg, "cameras", "add", SYNTH)
-    proc = edge_cli(cfg, "cameras", "set", "1", "--consent", "integrated", check=False)
+    proc = edge_cli(cfg, "consent", "set", "1", "--level", "integrated", check=False)
     assert proc.returncode == 1
     assert "needs --lat/--lon" in proc.stderr and "Traceback" not in proc.stderr
     assert _cams(cfg)[0]["consent"] == "private"
     # Once integrated, the position cannot be dropped while the camera stays integrated.
-    edge_cli(cfg, "cameras", "set", "1", "--lat", "40.0", "--lon", "-3.7", "--consent", "integrated")
+    edge_cli(cfg, "cameras", "set", "1", "--lat", "40.0", "--lon", "-3.7")
+    edge_cli(cfg, "consent", "set", "1", "--level", "integrated")
     proc = edge_cli(cfg, "cameras", "set", "1", "--no-position", check=False)
     assert proc.returncode == 1 and "needs --lat/--lon" in proc.stderr
-    edge_cli(cfg, "cameras", "set", "1", "--consent", "registered", "--no-position")
+    edge_cli(cfg, "consent", "set", "1", "--level", "registered")
+    edge_cli(cfg, "cameras", "set", "1", "--no-position")
     cam = _cams(cfg)[0]
     assert (cam["consent"], cam["lat"], cam["lon"]) == ("registered", None, None)
 
@@ -85,7 +87,7 @@ def test_bad_settings_are_refused_and_change_nothing(cfg: Path, args: list[str],
 
 def test_bad_consent_value_is_a_usage_error(cfg: Path) -> None:
     edge_cli(cfg, "cameras", "add", SYNTH)
-    proc = edge_cli(cfg, "cameras", "set", "1", "--consent", "public", check=False)
+    proc = edge_cli(cfg, "consent", "set", "1", "--level", "public", check=False)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
@@ -134,8 +136,8 @@ def test_owner_limits_on_police_access_are_set_and_logged_as_consent(cfg: Path) 
     edge_cli(cfg, "cameras", "add", SYNTH)
     assert _limits(cfg) == (300, True, 900, 7 * 86400, 4)
     edge_cli(
-        cfg, "cameras", "set", "1", "--radius", "500", "--no-live", "--max-session", "10m",
-        "--max-lookback", "2d", "--quota", "2",
+        cfg, "consent", "set", "1", "--radius", "500", "--recorded-only", "--max-dur", "10m",
+        "--lookback", "2d", "--quota", "2",
     )  # fmt: skip
     assert _limits(cfg) == (500, False, 600, 2 * 86400, 2)
     (entry,) = [
@@ -146,7 +148,7 @@ def test_owner_limits_on_police_access_are_set_and_logged_as_consent(cfg: Path) 
         "radius_m": [300, 500], "allow_live": [True, False], "max_session_s": [900, 600],
         "max_lookback_s": [604800, 172800], "hourly_quota": [4, 2],
     }  # fmt: skip
-    proc = edge_cli(cfg, "cameras", "set", "1", "--max-session", "2h", check=False)
+    proc = edge_cli(cfg, "consent", "set", "1", "--max-dur", "2h", check=False)
     assert proc.returncode == 1 and "invalid value" in proc.stderr  # over the 60 min hard cap
     assert _cams(cfg)[0]["max_session_s"] == 600
 
