@@ -53,6 +53,7 @@ EVENT_TYPES: Final = frozenset(
         "owner.login",
         "owner.login.failed",
         "killswitch",
+        "owner.changed",
         "audit.exported",
     }
 )

@@ -56,6 +56,23 @@ def add_parsers(sub: Any, load: Loader, notify: Notify, duration: Callable[[str]
     target.add_argument("--all", action="store_true")
     w.set_defaults(fn=lambda a: cmd_withdraw(a, load, notify))
 
+    k = sub.add_parser("killswitch", help="stop all sharing now: every request refused until --release")
+    k.add_argument(
+        "--release", action="store_true", help="allow requests again (each camera's consent applies)"
+    )
+    k.set_defaults(fn=lambda a: cmd_killswitch(a, load, notify))
+
+    owner = sub.add_parser("owner", help="the owner's contact, sent with the police registry").add_subparsers(
+        dest="owner_command", required=True, metavar="ACTION"
+    )
+    os_ = owner.add_parser("set", help='set the contact ("" clears a field)')
+    os_.add_argument("--email")
+    os_.add_argument("--phone")
+    os_.set_defaults(fn=lambda a: cmd_owner_set(a, load))
+    owner.add_parser("show", help="the contact and the kill switch").set_defaults(
+        fn=lambda a: cmd_owner_show(a, load)
+    )
+
     sh = consent.add_parser("show", help="every camera's consent level and limits")
     sh.add_argument("--json", action="store_true")
     sh.set_defaults(fn=lambda a: cmd_show(a, load))
@@ -114,6 +131,59 @@ def cmd_withdraw(args: argparse.Namespace, load: Loader, notify: Notify) -> int:
     if not targets:
         _out("no camera was shared")
     notify(config.storage.data_dir)
+    return 0
+
+
+def cmd_killswitch(args: argparse.Namespace, load: Loader, notify: Notify) -> int:
+    from edge import owner
+    from edge.audit import cli_actor
+    from edge.store import Store
+
+    config = load(args)
+    store = Store.open(config.storage.data_dir)
+    try:
+        changed = owner.set_killswitch(store, not args.release, actor=cli_actor(), now_utc_ns=time.time_ns())
+    finally:
+        store.close()
+    if args.release:
+        _out("kill switch released: requests are decided by each camera's consent again" if changed else
+             "the kill switch was not engaged")  # fmt: skip
+    else:
+        _out("kill switch engaged: every police request is refused until `edge killswitch --release`"
+             if changed else "the kill switch was already engaged")  # fmt: skip
+    notify(config.storage.data_dir)
+    return 0
+
+
+def cmd_owner_set(args: argparse.Namespace, load: Loader) -> int:
+    from edge import owner
+    from edge.audit import cli_actor
+    from edge.store import Store
+
+    if args.email is None and args.phone is None:
+        raise Error("nothing to change: give --email and/or --phone")
+    store = Store.open(load(args).storage.data_dir)
+    try:
+        owner.set_contact(
+            store, email=args.email, phone=args.phone, actor=cli_actor(), now_utc_ns=time.time_ns()
+        )
+        now = owner.contact(store)
+    finally:
+        store.close()
+    _out(f"owner contact: {now['email'] or '-'} {now['phone'] or '-'}")
+    return 0
+
+
+def cmd_owner_show(args: argparse.Namespace, load: Loader) -> int:
+    from edge import owner
+    from edge.store import Store
+
+    store = Store.open(load(args).storage.data_dir)
+    try:
+        info = owner.contact(store) | {"killswitch_utc_ns": owner.killswitch_engaged(store)}
+    finally:
+        store.close()
+    _out(json.dumps(info, indent=2))
     return 0
 
 

@@ -286,12 +286,18 @@ def _m5_pairing(db: sqlite_utils.Database) -> None:
 
 
 # Append only. Each entry takes the schema from version i to i + 1.
+def _m6_settings(db: sqlite_utils.Database) -> None:
+    """Box-wide owner settings (contact, kill switch): a few named values, not worth a column each."""
+    db.executescript("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
+
+
 MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (
     _m1_initial,
     _m2_discovery,
     _m3_audit,
     _m4_requests,
     _m5_pairing,
+    _m6_settings,
 )
 
 
@@ -575,6 +581,23 @@ class Store:
             " FROM segments WHERE state != 'deleting' GROUP BY camera_id"
         )
         return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
+
+    # --- settings ------------------------------------------------------------------------------
+
+    def setting(self, key: str) -> str | None:
+        row = self._row("SELECT value FROM settings WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        with self.transaction() as c:
+            if value is None:
+                c.execute("DELETE FROM settings WHERE key = ?", (key,))
+            else:
+                c.execute(
+                    "INSERT INTO settings (key, value) VALUES (?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
 
     # --- candidates (cameras seen on the LAN) ----------------------------------------------------
 

@@ -174,3 +174,18 @@ def test_consent_set_and_withdraw_from_the_command_line(cfg: Path) -> None:
         for x in edge_cli(cfg, "audit", "show", "--json", "--type", "consent").stdout.splitlines()
     ]
     assert kinds[-2:] == [{"from": "integrated", "to": "private"}, {"from": "registered", "to": "private"}]
+
+
+def test_kill_switch_and_owner_contact_from_the_command_line(cfg: Path) -> None:
+    out = edge_cli(cfg, "killswitch").stdout
+    assert "kill switch engaged" in out
+    assert "already engaged" in edge_cli(cfg, "killswitch").stdout
+    assert json.loads(edge_cli(cfg, "owner", "show").stdout)["killswitch_utc_ns"] is not None
+    assert "released" in edge_cli(cfg, "killswitch", "--release").stdout
+    edge_cli(cfg, "owner", "set", "--email", "shop@example.org", "--phone", "+44 20 7946 0000")
+    proc = edge_cli(cfg, "owner", "set", "--email", "not-an-address", check=False)
+    assert proc.returncode == 1 and "not an e-mail address" in proc.stderr
+    info = json.loads(edge_cli(cfg, "owner", "show").stdout)
+    assert info == {"email": "shop@example.org", "phone": "+44 20 7946 0000", "killswitch_utc_ns": None}
+    kinds = [json.loads(x)["type"] for x in edge_cli(cfg, "audit", "show", "--json").stdout.splitlines()]
+    assert kinds == ["killswitch", "killswitch", "owner.changed"]

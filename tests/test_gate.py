@@ -161,3 +161,16 @@ def test_the_audit_log_of_requests_verifies(world: World) -> None:
     AuditLog(world.store).checkpoint(world.ident, now_utc_ns=NOW * NS_PER_S)
     result = verify_log(AuditLog(world.store), world.ident.public)
     assert result.ok and result.entries == 8
+
+
+def test_the_kill_switch_refuses_everything_until_released(world: World) -> None:
+    from edge import owner
+
+    assert owner.set_killswitch(world.store, True, actor="cli:root", now_utc_ns=NOW * NS_PER_S)
+    assert not owner.set_killswitch(world.store, True, actor="cli:root", now_utc_ns=NOW * NS_PER_S)
+    out = world.handle(world.token())
+    assert (out.accepted, out.code) == (False, "killswitch")
+    owner.set_killswitch(world.store, False, actor="cli:root", now_utc_ns=NOW * NS_PER_S)
+    assert world.handle(world.token()).accepted
+    kinds = [(e["type"], e["details"].get("engaged")) for e in world.audit() if e["type"] == "killswitch"]
+    assert kinds == [("killswitch", True), ("killswitch", False)]

@@ -21,6 +21,7 @@ from edge.audit import AuditLog, Event
 from edge.clock import NS_PER_S
 from edge.consent import CameraPolicy, Decision, Usage, decide
 from edge.identity import DeviceIdentity
+from edge.owner import killswitch_engaged
 from edge.store import Store
 from edge.uplink.claims import MAX_TOKEN_BYTES, AccessRequest
 from edge.uplink.guard import ReplayGuard
@@ -103,6 +104,8 @@ class Gate:
             request = verify_token(raw, hub=self.hub, device_id=self.identity.public.device_id, now_s=now_s)
             self.guard.consume_nonce(request.dev_nonce, now_utc_ns=now_utc_ns)
             self.guard.record_jti(request.jti, iss=request.iss, exp=request.exp, now_utc_ns=now_utc_ns)
+            if killswitch_engaged(self.store) is not None:
+                raise Refused("killswitch", "the owner has stopped all sharing")
             usage = Usage(
                 open_sessions=self._open_sessions(),
                 requests_this_hour=accepted_this_hour(self.store, now_utc_ns),
