@@ -5,7 +5,9 @@
   ``{"error", "detail"}`` with 400 ``bad_request``, 403 ``bad_token``, 409 ``token_used``,
   410 ``token_expired``;
 * ``GET /v1/device`` — who the presented client certificate says the caller is (a check of the pinned
-  TLS setup; the control channel will require the certificate).
+  TLS setup);
+* ``GET /v1/control`` — the control channel WebSocket (§4.2, :mod:`edge.hub.control`), client certificate
+  required.
 
 TLS 1.3 only. Client certificates are asked for but optional: a box has none before it enrolls.
 """
@@ -30,7 +32,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge import jws
 from edge.errors import Error
 from edge.hub import ca
+from edge.hub.control import ControlHub
 from edge.hub.state import HubState, TokenRefused
+from edge.uplink.controlwire import HEARTBEAT_S, PATH
 from edge.uplink.enroll import KID, MAX_REQUEST_LIFETIME_S, TYP
 from edge.uplink.keyset import is_name
 from edge.uplink.request import HubKeys
@@ -120,8 +124,23 @@ def server_context(cert_path: Path, key_path: Path, root_pem: str) -> ssl.SSLCon
     return ctx
 
 
-def make_app(state: HubState, *, clock_ns: Callable[[], int] = time.time_ns) -> web.Application:
+CONTROL: Final = web.AppKey("control", ControlHub)
+
+
+def make_app(
+    state: HubState,
+    *,
+    clock_ns: Callable[[], int] = time.time_ns,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
+    control = ControlHub(state, heartbeat_s=heartbeat_s, clock_ns=clock_ns)
+    app[CONTROL] = control
+
+    async def close_channels(_app: web.Application) -> None:
+        await control.close_all()
+
+    app.on_shutdown.append(close_channels)
     root_key = state.root_key()  # read once: the private key file stays closed afterwards
 
     async def root_pem(_request: web.Request) -> web.Response:
@@ -184,6 +203,7 @@ def make_app(state: HubState, *, clock_ns: Callable[[], int] = time.time_ns) -> 
     app.router.add_get("/v1/root.pem", root_pem)
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_get("/v1/device", device)
+    app.router.add_get(PATH, control.handler)
     return app
 
 
@@ -192,6 +212,10 @@ class RunningHub:
     runner: web.AppRunner
     host: str
     port: int
+
+    @property
+    def control(self) -> ControlHub:
+        return self.runner.app[CONTROL]
 
     @property
     def url(self) -> str:
@@ -209,13 +233,14 @@ async def start(
     port: int,
     ssl_context: ssl.SSLContext,
     clock_ns: Callable[[], int] = time.time_ns,
+    heartbeat_s: float = HEARTBEAT_S,
 ) -> RunningHub:
     """Serve on ``host:port`` (0: any free port) until :meth:`RunningHub.close`."""
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
         raise Error(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    runner = web.AppRunner(make_app(state, clock_ns=clock_ns), access_log=None)
+    runner = web.AppRunner(make_app(state, clock_ns=clock_ns, heartbeat_s=heartbeat_s), access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     return RunningHub(runner=runner, host=host, port=sock.getsockname()[1])

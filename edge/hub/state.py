@@ -8,7 +8,9 @@ Layout (the directory is 0700; private keys 0600, written atomically by :mod:`ed
     root.pem            the root certificate (what enrollment codes pin)
     sign-<kid>.key      each Ed25519 signing key, 32 raw bytes, 0600
     server.key/.pem     the TLS server certificate, made by ``edge hub serve`` for its names
-    hub.db              SQLite: keysets, enroll_tokens, devices
+    witness.key         the Ed25519 key that cosigns boxes' audit checkpoints, 32 raw bytes, 0600 (made on
+                        first use)
+    hub.db              SQLite: keysets, enroll_tokens, devices, cosignatures
 
 Tokens are stored by their SHA-256 only. Marking one used and recording the device is one transaction, so a
 token races to exactly one enrollment.
@@ -51,6 +53,7 @@ ROOT_CERT: Final = "root.pem"
 SERVER_KEY: Final = "server.key"
 SERVER_CERT: Final = "server.pem"
 DB_FILE: Final = "hub.db"
+WITNESS_KEY: Final = "witness.key"
 TOKEN_BYTES: Final = 16
 MAX_PRIVATE_PEM_BYTES: Final = 64 * 1024
 DEFAULT_TERMS: Final = Terms(
@@ -83,6 +86,15 @@ CREATE TABLE IF NOT EXISTS devices (
     box_version TEXT NOT NULL,
     enrolled_utc_ns INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cosignatures (
+    id INTEGER PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    tree_size INTEGER NOT NULL,
+    note TEXT NOT NULL,                     -- the box's signed checkpoint note, as received
+    line TEXT NOT NULL,                     -- our cosignature line (no final newline)
+    cosigned_utc_ns INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cosignatures_device ON cosignatures (device_id, tree_size);
 """
 
 
@@ -305,7 +317,55 @@ class HubState:
         return [Device(r[0], bytes(r[1]), r[2], r[3], r[4]) for r in rows]
 
     def device(self, device_id: str) -> Device | None:
-        return next((d for d in self.devices() if d.device_id == device_id), None)
+        with self._db() as db:
+            r = db.execute(
+                "SELECT device_id, device_key, client_cert, box_version, enrolled_utc_ns FROM devices"
+                " WHERE device_id = ?",
+                (device_id,),
+            ).fetchone()
+        return None if r is None else Device(r[0], bytes(r[1]), r[2], r[3], r[4])
+
+    # --- the witness: cosigned checkpoints -----------------------------------------------------------------
+
+    @property
+    def witness_name(self) -> str:
+        """The cosigner's key name (a schema-less URL-like name, as C2SP asks)."""
+        name = f"edge.hub/{self.hub_id}"
+        ok = "+" not in name and not any(ch.isspace() or ch < " " for ch in name)
+        return name if ok else f"edge.hub/{hashlib.sha256(self.hub_id.encode()).hexdigest()[:16]}"
+
+    def witness_key(self) -> Ed25519PrivateKey:
+        """The cosigning key, made on first use (hubs made before the control channel have none yet)."""
+        path = self.data_dir / WITNESS_KEY
+        with keyfiles.creation_lock(self.data_dir, "witness.lock", HubError):
+            if not path.exists():
+                raw = Ed25519PrivateKey.generate().private_bytes(
+                    Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+                )
+                keyfiles.write_atomically(path, raw, keyfiles.PRIVATE_MODE, HubError)
+        raw = keyfiles.read_key_file(path, private=True, size=32, what="Ed25519 key", error=HubError)
+        return Ed25519PrivateKey.from_private_bytes(raw)
+
+    def witness_public(self) -> bytes:
+        return raw_public(self.witness_key())
+
+    def add_cosignature(
+        self, device_id: str, *, tree_size: int, note: str, line: str, now_utc_ns: int
+    ) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO cosignatures (device_id, tree_size, note, line, cosigned_utc_ns)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (device_id, tree_size, note, line, now_utc_ns),
+            )
+
+    def cosignatures(self, device_id: str) -> list[tuple[int, str, str]]:
+        """``(tree size, note, cosignature line)`` for every checkpoint of ``device_id`` we cosigned."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT tree_size, note, line FROM cosignatures WHERE device_id = ? ORDER BY id", (device_id,)
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
