@@ -49,5 +49,11 @@ class StorageError(Error):
     kind = "storage"
 
 
+class DiskFull(StorageError):
+    """The database could not write because the disk is full: the caller can make room and retry."""
+
+    kind = "disk_full"
+
+
 class ExportError(Error):
     kind = "export"

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import sqlite_utils
 
-from edge.errors import Malformed, NotFound, StorageError
+from edge.errors import DiskFull, Malformed, NotFound, StorageError
 
 DB_NAME = "edge.db"
 
@@ -357,14 +357,14 @@ class Store:
             while rows := cur.fetchmany(batch):
                 yield from rows
         except sqlite3.OperationalError as e:
-            raise StorageError(f"database {self.path.name}: {e}") from None
+            raise _storage_error(self.path, e) from None
 
     def _rows(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
         """A read; like writes, a full disk or I/O error becomes a StorageError."""
         try:
             return self._conn.execute(sql, args).fetchall()
         except sqlite3.OperationalError as e:
-            raise StorageError(f"database {self.path.name}: {e}") from None
+            raise _storage_error(self.path, e) from None
 
     def _row(self, sql: str, args: Sequence[object] = ()) -> Any:
         rows = self._rows(sql, args)
@@ -382,7 +382,7 @@ class Store:
                 raise
             self._conn.execute("COMMIT")
         except sqlite3.OperationalError as e:  # disk full, I/O error, locked past the busy timeout
-            raise StorageError(f"database {self.path.name}: {e}") from None
+            raise _storage_error(self.path, e) from None
 
     # --- cameras -------------------------------------------------------------------------------
 
@@ -662,6 +662,15 @@ _CAMERA_COLS = (
     " lat, lon, maker, model, serial, firmware, onvif_url, sub_url, snapshot_url, radius_m, allow_live,"
     " max_session_s, max_lookback_s, hourly_quota"
 )
+
+
+def _storage_error(path: Path, e: sqlite3.Error) -> StorageError:
+    cls = (
+        DiskFull
+        if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+        else StorageError
+    )
+    return cls(f"database {path.name}: {e}")
 
 
 def _camera(row: Sequence[Any]) -> Camera:

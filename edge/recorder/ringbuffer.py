@@ -251,7 +251,9 @@ class RingBuffer:
             log.warning(
                 "disk full: deleted %d oldest segments to keep recording", freed, extra={"event": "disk_full"}
             )
-        return dropped or freed > 0
+        # Another camera thread may have freed the space while this one waited for the lock: that is room too,
+        # and answering "nothing freed" would turn its ENOSPC into a dropped connection.
+        return dropped or freed > 0 or self.free_bytes() >= need_bytes
 
     # --- ballast: a reserve that lets the delete protocol run on a full disk -------------------
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import av
 import av.container
@@ -33,13 +33,15 @@ import av.error
 import av.stream
 
 from edge.clock import NS_PER_MS, NS_PER_S, Clock
-from edge.errors import SourceError, StorageError
+from edge.errors import DiskFull, SourceError, StorageError
 from edge.fsutil import create_exclusive, fsync_dir, makedirs_durable
 from edge.recorder.fmp4 import InitInfo
 from edge.recorder.fmp4stream import FragmentComplete, FragmentTracker, InitComplete
 from edge.store import NewSegment, SegmentState, Store
 
 DISK_FULL_RETRIES = 3
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class _FileSink:
                 if e.errno == errno.ENOSPC and retries < DISK_FULL_RETRIES and self._room_made(len(view)):
                     retries += 1
                     continue
+                log.warning("write failed after %d attempts to make room: %s", retries, e.strerror,
+                            extra={"event": "segment.write_failed"})  # fmt: skip
                 self.error = e
                 raise
             view = view[n:]
@@ -356,23 +360,39 @@ class Segmenter:
         seg.synced_end = seg.complete_end
         end = seg.start_utc_ns + seg.media_ns
         if seg.row_id is None:
-            seg.row_id = self._store.insert_segment(
-                NewSegment(
-                    camera_id=self.camera_id,
-                    start_utc_ns=seg.start_utc_ns,
-                    end_utc_ns=end,
-                    media_duration_ns=seg.media_ns,
-                    bytes=seg.complete_end,
-                    path=seg.relpath,
-                    codec=self._codec(self._video),
-                    audio_codec=self._codec(self._audio) if self._audio is not None else None,
+            seg.row_id = self._room_for_index(
+                lambda: self._store.insert_segment(
+                    NewSegment(
+                        camera_id=self.camera_id,
+                        start_utc_ns=seg.start_utc_ns,
+                        end_utc_ns=end,
+                        media_duration_ns=seg.media_ns,
+                        bytes=seg.complete_end,
+                        path=seg.relpath,
+                        codec=self._codec(self._video),
+                        audio_codec=self._codec(self._audio) if self._audio is not None else None,
+                    )
                 )
             )
             if state is None:
                 return
-        self._store.update_segment(
-            seg.row_id, end_utc_ns=end, media_duration_ns=seg.media_ns, bytes_=seg.complete_end, state=state
+        row_id = seg.row_id
+        self._room_for_index(
+            lambda: self._store.update_segment(
+                row_id, end_utc_ns=end, media_duration_ns=seg.media_ns, bytes_=seg.complete_end, state=state
+            )
         )
+
+    def _room_for_index(self, commit: Callable[[], T]) -> T:
+        """An index commit on a full disk (the database shares it with the recordings): make room like a
+        file write does, and retry, so a full disk never drops the connection."""
+        for attempt in range(DISK_FULL_RETRIES + 1):
+            try:
+                return commit()
+            except DiskFull:
+                if attempt == DISK_FULL_RETRIES or not self._on_disk_full(1 << 20):
+                    raise
+        raise AssertionError("unreachable")
 
     def _close_segment(self) -> None:
         seg = self._seg
