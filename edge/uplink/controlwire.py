@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edge.errors import Error
+from edge.jws import JWSError, json_object
 
 PATH: Final = "/v1/control"
 MAX_MESSAGE_BYTES: Final = 64 * 1024  # larger messages are ignored (logged), the connection stays
@@ -68,11 +69,10 @@ def decode(text: str, accepted: frozenset[str]) -> dict[str, Any]:
     if size > MAX_MESSAGE_BYTES:
         raise WireError(f"message of {size} bytes is over {MAX_MESSAGE_BYTES}")
     try:
-        message = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (ValueError, RecursionError) as e:
-        raise WireError(f"not JSON: {str(e)[:80]}") from None
-    if not isinstance(message, dict):
-        raise WireError("not a JSON object")
+        # The same strict JSON as tokens: no duplicate keys, NaN, deep nesting or lone surrogates.
+        message: dict[str, Any] = json_object(text.encode("utf-8", "surrogatepass"), "message")
+    except JWSError as e:
+        raise WireError(e.detail) from None
     kind = message.get("type")
     if not isinstance(kind, str):
         raise WireError("no type")
@@ -93,17 +93,6 @@ def field(message: dict[str, Any], name: str, kind: type, *, max_chars: int = MA
     elif not isinstance(value, kind):
         raise WireError(f"{message['type']}: {name} has the wrong type")
     return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("duplicate key")
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 # --- cosignatures -------------------------------------------------------------------------------------------
