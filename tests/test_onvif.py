@@ -552,4 +552,4 @@ async def test_preload_parses_the_wsdls_once() -> None:
     await onvif.preload()
     t0 = time.process_time()
     await asyncio.gather(*(onvif.preload() for _ in range(10)))
-    assert time.process_time() - t0 < 0.05
+    assert time.process_time() - t0 < 0.2  # parsing the WSDLs costs seconds; a cache hit, microseconds

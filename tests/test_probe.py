@@ -122,7 +122,7 @@ def test_probe_refuses_other_schemes_and_bad_urls_without_connecting() -> None:
         assert result.ok is False
         assert result.error is not None
         assert result.error.startswith("unsupported URL scheme")
-        assert result.elapsed_s < 0.1
+        assert result.elapsed_s < 0.5  # no connect attempt (that waits out the timeout)
     bad = probe_stream(f"rtsp://admin:{quote(WRONG_PASSWORD, safe='')}@[::1/x")  # unclosed IPv6 bracket
     _assert_failed(bad, "not a valid URL")
     assert bad.url == "rtsp://admin:***@[::1/x"

@@ -308,7 +308,7 @@ def test_hostile_payload_is_refused_fast(name: str) -> None:
         assert msg == ProbeMatches(relates_to="urn:uuid:p", message_id=msg.message_id, devices=())  # type: ignore[union-attr]
     else:
         assert msg is None
-    assert elapsed < 0.1, f"{name} took {elapsed:.3f} s: expanded?"
+    assert elapsed < 0.5, f"{name} took {elapsed:.3f} s: expanded?"
 
 
 def test_entity_bombs_are_refused_before_expansion() -> None:
