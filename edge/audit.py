@@ -55,6 +55,9 @@ EVENT_TYPES: Final = frozenset(
         "killswitch",
         "owner.changed",
         "audit.exported",
+        "hold.placed",
+        "hold.released",
+        "registry.sent",
     }
 )
 MAX_ENTRY_BYTES: Final = 64 * 1024  # a raw JWS is at most 8 KiB; details are small by construction

@@ -25,6 +25,7 @@ from edge.owner import killswitch_engaged
 from edge.store import Store
 from edge.uplink.claims import MAX_TOKEN_BYTES, AccessRequest
 from edge.uplink.guard import ReplayGuard
+from edge.uplink.media import session_handle
 from edge.uplink.request import HubKeys, Refused, verify_token
 
 HOUR_S = 3600
@@ -155,11 +156,7 @@ class Gate:
             "jti": jti,
             "decision": "accepted" if decision.accepted else "refused",
             "code": decision.code,
-            "session": base64.urlsafe_b64encode(hashlib.sha256(jti.encode()).digest()[:16])
-            .rstrip(b"=")
-            .decode()
-            if decision.accepted
-            else None,
+            "session": session_handle(jti) if decision.accepted else None,
             "time": now_s,
             "device_id": self.identity.public.device_id,
         }

@@ -21,7 +21,7 @@ Frame (version 1)::
     header = "EDGM"           4 bytes, ASCII magic
              version          u8, 1
              flags            u8, bit 0: final frame; bits 1-7 are zero
-             session_id       16 bytes (the box uses SHA-256(UTF-8(jti))[:16])
+             session_id       16 bytes (the stream id: SHA-256(UTF-8(jti "/" camera))[:16], §8.1)
              seq              u64 big-endian: 0 for the first frame of the session, then +1 per frame
              length           u32 big-endian: payload length, at most 16 MiB (16,777,216)
                               34 bytes in all
@@ -41,6 +41,7 @@ never used twice.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import struct
@@ -82,6 +83,18 @@ class MediaError(Error):
 def new_session_key() -> bytes:
     """A fresh random session key (32 bytes from the OS CSPRNG)."""
     return secrets.token_bytes(SESSION_KEY_BYTES)
+
+
+def session_handle(jti: str) -> str:
+    """The decision's ``session``: base64url of SHA-256(jti)[:16] (docs/protocol.md §7, §8.1)."""
+    digest = hashlib.sha256(jti.encode("utf-8", "surrogatepass")).digest()[:SESSION_ID_BYTES]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def stream_id(jti: str, camera_id: int) -> bytes:
+    """The 16-byte session id of one camera's stream: SHA-256(jti "/" camera)[:16] (§8.1), so a stream moved
+    to another camera's connection does not open."""
+    return hashlib.sha256(f"{jti}/{camera_id}".encode("utf-8", "surrogatepass")).digest()[:SESSION_ID_BYTES]
 
 
 def _info(device_id: str, jti: str) -> bytes:
