@@ -273,9 +273,37 @@ class AuditLog:
             assert cur.lastrowid is not None
             return StoredCheckpoint(cur.lastrowid, size, now_utc_ns, note)
 
+    def add_cosignature(
+        self, *, tree_size: int, note: str, line: str, witness: str, verified: bool, now_utc_ns: int
+    ) -> None:
+        """Keep the hub's cosignature of a checkpoint this box signed (the same one again is a no-op)."""
+        with self.store.transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO audit_cosignatures"
+                " (tree_size, note, line, witness, verified, received_utc_ns) VALUES (?, ?, ?, ?, ?, ?)",
+                (tree_size, note, line, witness, int(verified), now_utc_ns),
+            )
+
+    def cosignatures(self) -> list[Cosignature]:
+        rows = self.store.query(
+            "SELECT tree_size, note, line, witness, verified, received_utc_ns FROM audit_cosignatures"
+            " ORDER BY tree_size, received_utc_ns"
+        )
+        return [Cosignature(int(r[0]), str(r[1]), str(r[2]), str(r[3]), bool(r[4]), int(r[5])) for r in rows]
+
     def checkpoints(self) -> list[StoredCheckpoint]:
         rows = self.store.query("SELECT id, tree_size, utc_ns, note FROM audit_checkpoints ORDER BY id")
         return [StoredCheckpoint(int(r[0]), int(r[1]), int(r[2]), bytes(r[3])) for r in rows]
+
+
+@dataclass(frozen=True)
+class Cosignature:
+    tree_size: int
+    note: str
+    line: str
+    witness: str
+    verified: bool
+    received_utc_ns: int
 
 
 @dataclass(frozen=True)

@@ -291,6 +291,52 @@ def _m6_settings(db: sqlite_utils.Database) -> None:
     db.executescript("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);")
 
 
+def _m7_holds(db: sqlite_utils.Database) -> None:
+    """Legal holds (edge/holds.py): footage of a session or share that retention must keep until the owner
+    releases it. Holds are few; the partial index serves retention's "is this segment held?" test."""
+    db.executescript(
+        """
+        CREATE TABLE holds (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: the audit log names holds by id
+            camera_id INTEGER NOT NULL REFERENCES cameras(id),
+            from_utc_ns INTEGER NOT NULL,
+            to_utc_ns INTEGER NOT NULL,
+            reason TEXT NOT NULL CHECK (reason IN ('session', 'share')),
+            request TEXT NOT NULL,                  -- the access request's jti
+            placed_by TEXT NOT NULL,
+            placed_utc_ns INTEGER NOT NULL,
+            released_by TEXT,
+            released_utc_ns INTEGER,
+            CHECK (to_utc_ns >= from_utc_ns),
+            CHECK ((released_by IS NULL) = (released_utc_ns IS NULL))
+        );
+        CREATE INDEX holds_active ON holds(camera_id, from_utc_ns) WHERE released_utc_ns IS NULL;
+        """
+    )
+
+
+def _m8_cosignatures(db: sqlite_utils.Database) -> None:
+    """The hub's cosignatures of the box's checkpoints (C2SP tlog-cosignature lines), kept as received: the
+    off-box witness of the log. Append-only, like the log itself."""
+    db.executescript(
+        """
+        CREATE TABLE audit_cosignatures (
+            tree_size INTEGER NOT NULL,
+            note TEXT NOT NULL,          -- the box's signed checkpoint note, as sent
+            line TEXT NOT NULL,          -- the hub's cosignature line
+            witness TEXT NOT NULL,       -- the witness name
+            verified INTEGER NOT NULL,   -- 1: checked against the pinned witness key; 0: no key pinned
+            received_utc_ns INTEGER NOT NULL,
+            PRIMARY KEY (tree_size, line)
+        );
+        CREATE TRIGGER audit_cosignatures_no_update BEFORE UPDATE ON audit_cosignatures
+            BEGIN SELECT RAISE(ABORT, 'audit cosignatures are append-only'); END;
+        CREATE TRIGGER audit_cosignatures_no_delete BEFORE DELETE ON audit_cosignatures
+            BEGIN SELECT RAISE(ABORT, 'audit cosignatures are append-only'); END;
+        """
+    )
+
+
 MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (
     _m1_initial,
     _m2_discovery,
@@ -298,6 +344,8 @@ MIGRATIONS: Sequence[Callable[[sqlite_utils.Database], None]] = (
     _m4_requests,
     _m5_pairing,
     _m6_settings,
+    _m7_holds,
+    _m8_cosignatures,
 )
 
 
@@ -543,29 +591,41 @@ class Store:
         sql = f"SELECT {_SEGMENT_COLS} FROM segments WHERE {' AND '.join(where)} ORDER BY start_utc_ns, id"
         return [Segment(*r) for r in self._rows(sql, args)]
 
-    def oldest_closed_segments(self, limit: int) -> list[Segment]:
+    def oldest_unheld_segments(self, limit: int) -> list[Segment]:
+        """Closed segments retention may delete, oldest first: none under an active legal hold."""
         rows = self._rows(
-            f"SELECT {_SEGMENT_COLS} FROM segments WHERE state = 'closed' ORDER BY start_utc_ns, id LIMIT ?",
+            f"SELECT {_SEGMENT_COLS} FROM segments WHERE state = 'closed' AND NOT {_HELD}"
+            " ORDER BY start_utc_ns, id LIMIT ?",
             (limit,),
         )
         return [Segment(*r) for r in rows]
 
-    def expired_segments(self, camera_id: int, before_utc_ns: int) -> list[Segment]:
+    def expired_unheld_segments(self, camera_id: int, before_utc_ns: int) -> list[Segment]:
+        """Closed segments of a camera that ended before ``before_utc_ns`` and are not under a legal hold."""
         rows = self._rows(
             f"SELECT {_SEGMENT_COLS} FROM segments WHERE camera_id = ? AND state = 'closed'"
-            " AND end_utc_ns < ? ORDER BY start_utc_ns",
+            f" AND end_utc_ns < ? AND NOT {_HELD} ORDER BY start_utc_ns",
             (camera_id, before_utc_ns),
         )
         return [Segment(*r) for r in rows]
+
+    def held_segment_totals(self) -> tuple[int, int]:
+        """(segments, bytes) under an active legal hold."""
+        row = self._row(
+            f"SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM segments WHERE state != 'deleting' AND {_HELD}"
+        )
+        return int(row[0]), int(row[1])
 
     def total_segment_bytes(self) -> int:
         return int(self._row("SELECT COALESCE(SUM(bytes), 0) FROM segments WHERE state != 'deleting'")[0])
 
     def mark_deleting(self, segment_id: int) -> bool:
-        """Step 1 of a delete. False if the segment is not closed (open, or already being deleted)."""
+        """Step 1 of a delete. False if the segment is not closed (open, or already being deleted) or is under
+        a legal hold: tested in the same statement, so a hold placed after retention chose it still wins."""
         with self.transaction() as c:
             cur = c.execute(
-                "UPDATE segments SET state = 'deleting' WHERE id = ? AND state = 'closed'", (segment_id,)
+                f"UPDATE segments SET state = 'deleting' WHERE id = ? AND state = 'closed' AND NOT {_HELD}",
+                (segment_id,),
             )
             return cur.rowcount == 1
 
@@ -684,4 +744,10 @@ _CANDIDATE_COLS = (
 )
 _SEGMENT_COLS = (
     "id, camera_id, start_utc_ns, end_utc_ns, media_duration_ns, bytes, path, codec, audio_codec, state"
+)
+# A segment is held while an active hold on its camera overlaps it ([start, end] meets [from, to]). Written
+# against the table name, so it fits any query on `segments`; `holds_active` makes it one index probe.
+_HELD = (
+    "EXISTS (SELECT 1 FROM holds WHERE holds.released_utc_ns IS NULL AND holds.camera_id = segments.camera_id"
+    " AND holds.from_utc_ns <= segments.end_utc_ns AND holds.to_utc_ns >= segments.start_utc_ns)"
 )

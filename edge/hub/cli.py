@@ -1,4 +1,8 @@
-"""`edge hub keygen|enroll-code|serve`: run the reference police hub (for tests, demos and hub vendors).
+"""`edge hub keygen|enroll-code|serve|request`: the reference police hub (for tests, demos and hub vendors).
+
+``serve`` also listens on the admin socket ``<data>/hub.sock`` (:mod:`edge.hub.admin`); ``request`` talks to a
+running ``serve`` through it: sends an emergency request, prints the decision and where the video was saved
+(exit 0 video saved, 1 refused, 2 error).
 
 Imports are inside the commands: registering them must not slow every other `edge` command down.
 
@@ -62,6 +66,25 @@ def add_parsers(sub: Any) -> None:
         help="another DNS name or IP address for the server certificate (repeatable)",
     )
     s.set_defaults(fn=cmd_serve)
+
+    r = hub.add_parser("request", help="send an emergency request through a running `edge hub serve`")
+    r.add_argument("--data", type=Path, required=True)
+    r.add_argument("--device", required=True, help="the box's device id")
+    r.add_argument("--camera", type=int, action="append", required=True, help="a camera id (repeatable)")
+    mode = r.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--live", action="store_const", const="live", dest="mode")
+    mode.add_argument("--recorded", action="store_const", const="recorded", dest="mode")
+    r.add_argument("--from", dest="from_", help="recorded: start, ISO 8601 UTC, Unix seconds, -5m or now")
+    r.add_argument("--to", help="recorded: end, as --from")
+    r.add_argument("--case", required=True, help="the case or incident number")
+    r.add_argument("--reason", required=True, help="threat_to_life, violent_crime, missing_person, …")
+    r.add_argument("--officer", default="reference hub operator", help="who asks (the request's sub)")
+    r.add_argument("--max-dur", default="10m", help="the session's longest duration, e.g. 90s, 10m (10m)")
+    r.add_argument("--lat", type=float, help="the incident's latitude (default: the camera's)")
+    r.add_argument("--lon", type=float, help="the incident's longitude (default: the camera's)")
+    r.add_argument("--kind", default="emergency", help="the incident's kind (emergency)")
+    r.add_argument("--stop-after", help="close each stream this long after its first fragment, e.g. 30s")
+    r.set_defaults(fn=cmd_request)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -130,20 +153,152 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     async def run() -> None:
+        from edge.hub.admin import start_admin
+
         hub = await server.start(state, host=host, port=port, ssl_context=ctx)
+        try:
+            admin = await start_admin(state, hub.control, hub.media)
+        except BaseException:
+            await hub.close()
+            raise
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         _out(f"hub {state.hub_id} ({state.agency}), root fingerprint {state.root_fingerprint}")
         _out(f"listening on {hub.url}")
+        _out(f"admin socket {admin.path}")
         try:
             await stop.wait()
         finally:
+            await admin.close()
             await hub.close()
 
     asyncio.run(run())
     return 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from edge.hub.admin import SOCKET_FILE
+
+    try:
+        body = request_body(args, now_utc_ns=time.time_ns())
+        return asyncio.run(_request(args.data / SOCKET_FILE, body))
+    except Error as e:
+        sys.stderr.write(f"edge: {e.message}\n")
+        return 2
+
+
+def request_body(args: argparse.Namespace, *, now_utc_ns: int) -> dict[str, Any]:
+    """The admin API's request body from the command line."""
+    from_s: int | None = None
+    to_s: int | None = None
+    if args.mode == "recorded":
+        if args.from_ is None or args.to is None:
+            raise Error("--recorded needs --from and --to")
+        from_s, to_s = parse_time_s(args.from_, now_utc_ns), parse_time_s(args.to, now_utc_ns)
+    elif args.from_ is not None or args.to is not None:
+        raise Error("--from and --to go with --recorded")
+    incident: dict[str, Any] = {"kind": args.kind}
+    if (args.lat is None) != (args.lon is None):
+        raise Error("give both --lat and --lon, or neither (the camera's position)")
+    if args.lat is not None:
+        incident |= {"lat": args.lat, "lon": args.lon}
+    body: dict[str, Any] = {
+        "device": args.device, "cameras": args.camera, "mode": args.mode,
+        "max_dur": parse_duration_s(args.max_dur, "--max-dur"), "case": args.case, "reason": args.reason,
+        "sub": args.officer, "incident": incident,
+    }  # fmt: skip
+    if from_s is not None:
+        body |= {"from": from_s, "to": to_s}
+    if args.stop_after is not None:
+        body["stop_after_s"] = parse_seconds(args.stop_after)
+    return body
+
+
+async def _request(sock: Path, body: dict[str, Any]) -> int:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=body["max_dur"] + 120)
+    try:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)), timeout=timeout) as s,
+            s.post("http://hub/v1/admin/request", json=body) as resp,
+        ):
+            if resp.status != 200:
+                err = await resp.json(content_type=None)
+                raise Error(f"{err.get('error')}: {err.get('detail')}")
+            return await _print_events(resp.content)
+    except (aiohttp.ClientConnectionError, FileNotFoundError) as e:
+        raise Error(f"cannot reach the hub at {sock} (is `edge hub serve --data` running?): {e}") from None
+    except TimeoutError:
+        raise Error("the hub went silent") from None
+
+
+async def _print_events(lines: Any) -> int:
+    """Print the admin API's events; the exit code: 0 every camera's video saved, 1 refused, 2 otherwise."""
+    code = 2
+    ok: dict[int, bool] = {}
+    async for line in lines:
+        event = json.loads(line)
+        kind = event.get("event")
+        if kind == "decision":
+            decision = event["decision"]
+            if decision.get("decision") != "accepted":
+                _out(f"decision   refused: {decision.get('code')}")
+                return 1
+            _out(f"decision   accepted, session {event['session']}")
+            _out(f"files      {event['directory']}")
+            code = 0
+        elif kind == "first_fragment":
+            after_ms = event["after_decision_ms"]
+            _out(f"camera {event['camera']:<3} first fragment {after_ms:.0f} ms after the decision")
+        elif kind == "end":
+            rec = event["record"]
+            # saved: the init segment and at least one fragment, and no failure (a stop or a cut is fine)
+            saved = rec["first_frame_mono_ns"] is not None and rec["failed"] is None
+            ok[event["camera"]] = saved
+            what = "complete" if rec["complete"] else "incomplete"
+            if saved:
+                _out(f"camera {event['camera']:<3} saved {rec['video']} ({rec['reason']}, {what}, "
+                     f"{rec['frames']} frames, {rec['bytes']} bytes)")  # fmt: skip
+            else:
+                _out(f"camera {event['camera']:<3} no video: {rec['reason']}")
+    return code if ok and all(ok.values()) else 2
+
+
+def parse_time_s(text: str, now_utc_ns: int) -> int:
+    """Unix seconds, ISO 8601 (naive means UTC), ``now`` or ``-90s``/``-5m``/``-2h``/``-1d`` → Unix seconds.
+    Like the box's CLI (edge/cli.py, which a library may not import), except that bare digits are seconds."""
+    text = text.strip()
+    now_s = now_utc_ns // 1_000_000_000
+    if text == "now":
+        return now_s
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if text.startswith("-") and re.fullmatch(r"-\d+[smhd]", text):
+        return now_s - parse_duration_s(text[1:], "the time")
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise Error(
+            f"cannot read time {text!r}: use ISO 8601 (2026-11-21T10:00:00Z), Unix seconds, -5m or now"
+        ) from None
+    return int((dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp())
+
+
+def parse_duration_s(text: str, what: str) -> int:
+    m = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise Error(f"cannot read {what} {text!r}: use e.g. 90s, 10m, 1h")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def parse_seconds(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    if not m or float(m.group(1)) == 0:
+        raise Error(f"cannot read {text!r}: use e.g. 30s, 1.5, 2m")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 def parse_listen(text: str) -> tuple[str, int]:

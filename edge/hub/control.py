@@ -9,7 +9,9 @@ Hub code then asks through :class:`ControlHub`: :meth:`~ControlHub.ask_nonce`,
 :meth:`~ControlHub.send_request` (the decision's signature is checked with the device key the box enrolled
 with). Checkpoints a box sends are verified with its device key (origin ``edge.audit/<device id>``),
 cosigned (C2SP tlog-cosignature, :mod:`edge.uplink.controlwire`) with the hub's witness key, stored, and the
-cosignature line goes back. Consistency between a box's successive checkpoints is not checked yet.
+cosignature line goes back. Consistency between a box's successive checkpoints is not checked yet. A box's
+``registry`` is verified (:func:`edge.uplink.registry.verify`: its device key, its device id), kept if its
+version is above the stored one, and acknowledged.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from edge import checkpoint, jws
 from edge.errors import Error
-from edge.hub.state import HubState
+from edge.hub.state import HubState, StaleRegistry
 from edge.uplink import controlwire as wire
+from edge.uplink import registry
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +250,9 @@ class ControlHub:
         if kind == "checkpoint":
             note = wire.field(message, "note", str, max_chars=wire.MAX_MESSAGE_BYTES)
             await dev.send(await self._cosign(dev, note))
+            return
+        if kind == "registry":
+            await self._take_registry(dev, message)
 
     def _take_decision(self, dev: _Device, message: dict[str, Any]) -> None:
         jti = wire.field(message, "jti", str)
@@ -283,6 +289,34 @@ class ControlHub:
             now_utc_ns=now_ns,
         )
         return {"type": "cosignature", "size": cp.size, "line": line}
+
+    async def _take_registry(self, dev: _Device, message: dict[str, Any]) -> None:
+        """Verify, keep if newer, acknowledge. A stale version (a replay) is not kept: an equal one is
+        acknowledged (the box resends its latest on every connection), an older one is only logged."""
+        try:
+            doc = registry.verify(message, dev.device_key, dev.device_id)
+        except registry.RegistryError as e:
+            raise wire.WireError(f"registry: {e.message}") from None
+        try:
+            await asyncio.to_thread(
+                self.state.store_registry,
+                dev.device_id,
+                version=doc.version,
+                doc=doc.canonical,
+                now_utc_ns=self._clock_ns(),
+            )
+        except StaleRegistry as e:
+            if doc.version < e.stored:
+                raise wire.WireError(f"registry version {doc.version} is older than {e.stored}") from None
+            log.info("control: %s resent registry version %d", dev.device_id, doc.version)
+        else:
+            log.info(
+                "control: %s registry version %d: cameras %s",
+                dev.device_id,
+                doc.version,
+                [c.id for c in doc.cameras],
+            )
+        await dev.send({"type": "registry_ack", "version": doc.version})
 
     async def _heartbeats(self, dev: _Device) -> None:
         while not dev.ws.closed:

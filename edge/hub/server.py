@@ -1,13 +1,16 @@
 """The reference hub's HTTPS server (aiohttp): enrollment, as docs/protocol.md §2 specifies it.
 
 * ``GET /v1/root.pem`` — the root certificate, for the box to check against its enrollment code;
-* ``POST /v1/enroll`` — ``{"request": <edge-enroll+jwt>}`` → the client certificate, key set and terms, or
+* ``POST /v1/enroll`` — ``{"request": <edge-enroll+jwt>}`` → the client certificate, key set, terms and the
+  witness (checkpoint cosigner) key, or
   ``{"error", "detail"}`` with 400 ``bad_request``, 403 ``bad_token``, 409 ``token_used``,
   410 ``token_expired``;
 * ``GET /v1/device`` — who the presented client certificate says the caller is (a check of the pinned
   TLS setup);
 * ``GET /v1/control`` — the control channel WebSocket (§4.2, :mod:`edge.hub.control`), client certificate
-  required.
+  required;
+* ``GET /v1/media/{session}/{camera}`` — a media stream the hub expects (§8.1, :mod:`edge.hub.media`), client
+  certificate required.
 
 TLS 1.3 only. Client certificates are asked for but optional: a box has none before it enrolls.
 """
@@ -33,6 +36,8 @@ from edge import jws
 from edge.errors import Error
 from edge.hub import ca
 from edge.hub.control import ControlHub
+from edge.hub.media import PATH as MEDIA_PATH
+from edge.hub.media import MediaHub
 from edge.hub.state import HubState, TokenRefused
 from edge.uplink.controlwire import HEARTBEAT_S, PATH
 from edge.uplink.enroll import KID, MAX_REQUEST_LIFETIME_S, TYP
@@ -125,6 +130,7 @@ def server_context(cert_path: Path, key_path: Path, root_pem: str) -> ssl.SSLCon
 
 
 CONTROL: Final = web.AppKey("control", ControlHub)
+MEDIA: Final = web.AppKey("media", MediaHub)
 
 
 def make_app(
@@ -132,13 +138,17 @@ def make_app(
     *,
     clock_ns: Callable[[], int] = time.time_ns,
     heartbeat_s: float = HEARTBEAT_S,
+    media: MediaHub | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     control = ControlHub(state, heartbeat_s=heartbeat_s, clock_ns=clock_ns)
     app[CONTROL] = control
+    media_hub = media if media is not None else MediaHub(state, clock_ns=clock_ns)
+    app[MEDIA] = media_hub
 
     async def close_channels(_app: web.Application) -> None:
         await control.close_all()
+        await media_hub.close_all()
 
     app.on_shutdown.append(close_channels)
     root_key = state.root_key()  # read once: the private key file stays closed afterwards
@@ -186,6 +196,11 @@ def make_app(
                 "client_cert": cert_pem,
                 "keyset": await asyncio.to_thread(state.keyset),
                 "terms": {"version": state.terms.version, "text": state.terms.text},
+                # The key that cosigns the box's checkpoints: the box pins it and checks every cosignature.
+                "witness": {
+                    "name": state.witness_name,
+                    "key": jws.b64url_encode(await asyncio.to_thread(state.witness_public)),
+                },
             }
         )
 
@@ -204,6 +219,7 @@ def make_app(
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_get("/v1/device", device)
     app.router.add_get(PATH, control.handler)
+    app.router.add_get(MEDIA_PATH, media_hub.handler)
     return app
 
 
@@ -216,6 +232,10 @@ class RunningHub:
     @property
     def control(self) -> ControlHub:
         return self.runner.app[CONTROL]
+
+    @property
+    def media(self) -> MediaHub:
+        return self.runner.app[MEDIA]
 
     @property
     def url(self) -> str:
@@ -234,13 +254,15 @@ async def start(
     ssl_context: ssl.SSLContext,
     clock_ns: Callable[[], int] = time.time_ns,
     heartbeat_s: float = HEARTBEAT_S,
+    media: MediaHub | None = None,
 ) -> RunningHub:
     """Serve on ``host:port`` (0: any free port) until :meth:`RunningHub.close`."""
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
         raise Error(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    runner = web.AppRunner(make_app(state, clock_ns=clock_ns, heartbeat_s=heartbeat_s), access_log=None)
+    app = make_app(state, clock_ns=clock_ns, heartbeat_s=heartbeat_s, media=media)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock, ssl_context=ssl_context).start()
     return RunningHub(runner=runner, host=host, port=sock.getsockname()[1])

@@ -10,7 +10,7 @@ Layout (the directory is 0700; private keys 0600, written atomically by :mod:`ed
     server.key/.pem     the TLS server certificate, made by ``edge hub serve`` for its names
     witness.key         the Ed25519 key that cosigns boxes' audit checkpoints, 32 raw bytes, 0600 (made on
                         first use)
-    hub.db              SQLite: keysets, enroll_tokens, devices, cosignatures
+    hub.db              SQLite: keysets, enroll_tokens, devices, cosignatures, registry
 
 Tokens are stored by their SHA-256 only. Marking one used and recording the device is one transaction, so a
 token races to exactly one enrollment.
@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.serialization import (
 from edge import jws, keyfiles
 from edge.errors import Error
 from edge.hub import ca
+from edge.uplink import controlwire
 from edge.uplink.enroll import Terms
 from edge.uplink.keyset import MAX_KEYSET_BYTES, fingerprint, is_name, raw_public, sign_keyset
 
@@ -95,11 +96,27 @@ CREATE TABLE IF NOT EXISTS cosignatures (
     cosigned_utc_ns INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cosignatures_device ON cosignatures (device_id, tree_size);
+CREATE TABLE IF NOT EXISTS registry (
+    device_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    doc TEXT NOT NULL,                      -- the box's signed registry document, RFC 8785 JSON
+    received_utc_ns INTEGER NOT NULL
+);
 """
 
 
 class HubError(Error):
     kind = "hub"
+
+
+class StaleRegistry(Error):
+    """A registry whose version is not above the one stored (a replay, or a box clock gone back)."""
+
+    kind = "stale"
+
+    def __init__(self, stored: int) -> None:
+        super().__init__(f"a registry version not above the stored {stored}")
+        self.stored = stored
 
 
 class TokenRefused(Error):
@@ -120,6 +137,16 @@ class Device:
     client_cert: str
     box_version: str
     enrolled_utc_ns: int
+
+
+@dataclass(frozen=True)
+class StoredRegistry:
+    """A box's latest registry document (signature checked when it came, :mod:`edge.uplink.registry`)."""
+
+    device_id: str
+    version: int
+    doc: dict[str, Any]
+    received_utc_ns: int
 
 
 class HubState:
@@ -330,9 +357,7 @@ class HubState:
     @property
     def witness_name(self) -> str:
         """The cosigner's key name (a schema-less URL-like name, as C2SP asks)."""
-        name = f"edge.hub/{self.hub_id}"
-        ok = "+" not in name and not any(ch.isspace() or ch < " " for ch in name)
-        return name if ok else f"edge.hub/{hashlib.sha256(self.hub_id.encode()).hexdigest()[:16]}"
+        return controlwire.witness_name(self.hub_id)
 
     def witness_key(self) -> Ed25519PrivateKey:
         """The cosigning key, made on first use (hubs made before the control channel have none yet)."""
@@ -366,6 +391,39 @@ class HubState:
                 "SELECT tree_size, note, line FROM cosignatures WHERE device_id = ? ORDER BY id", (device_id,)
             ).fetchall()
         return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    # --- the registry: each box's shared cameras ------------------------------------------------------------
+
+    def store_registry(self, device_id: str, *, version: int, doc: bytes, now_utc_ns: int) -> int | None:
+        """Keep ``doc`` (checked, RFC 8785 bytes) if ``version`` is above the stored one; returns the version
+        that was stored before (None: this is the device's first), or raises :class:`StaleRegistry`."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT version FROM registry WHERE device_id = ?", (device_id,)).fetchone()
+            if row is not None and version <= row[0]:
+                raise StaleRegistry(int(row[0]))
+            db.execute(
+                "INSERT OR REPLACE INTO registry (device_id, version, doc, received_utc_ns)"
+                " VALUES (?, ?, ?, ?)",
+                (device_id, version, doc.decode("utf-8"), now_utc_ns),
+            )
+        return None if row is None else int(row[0])
+
+    def registry(self, device_id: str) -> StoredRegistry | None:
+        with self._db() as db:
+            r = db.execute(
+                "SELECT device_id, version, doc, received_utc_ns FROM registry WHERE device_id = ?",
+                (device_id,),
+            ).fetchone()
+        return None if r is None else StoredRegistry(r[0], int(r[1]), json.loads(r[2]), int(r[3]))
+
+    def registries(self) -> list[StoredRegistry]:
+        """Every box's latest registry, by device id."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT device_id, version, doc, received_utc_ns FROM registry ORDER BY device_id"
+            ).fetchall()
+        return [StoredRegistry(r[0], int(r[1]), json.loads(r[2]), int(r[3])) for r in rows]
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:

@@ -3,6 +3,10 @@
 Delete order (crash-safe): mark the row *deleting* → unlink → fsync the directory → drop the row. A crash
 between any two steps is finished by `recover` at the next start.
 
+Legal holds (edge/holds.py): a segment under an active hold is never deleted. Age limits skip it; the byte
+budget and the free-space floor delete the oldest *unheld* segments instead; when only held footage is left
+and the disk is still short, the evidence wins over new footage and a warning says so once.
+
 Recovery: an *open* row (the process died while writing) is trimmed to its last complete fragment and
 closed; a file newer than the index (created, but its row never committed) is adopted the same way; a file
 that cannot be read is moved to ``quarantine/`` and logged — never deleted silently.
@@ -60,6 +64,8 @@ class RingBuffer:
         self._lock = threading.Lock()
         self.deleted_segments = 0
         self.deleted_bytes = 0
+        # Limits ("budget", "free space") that only held footage could satisfy, warned about until met again.
+        self._held_full: set[str] = set()
 
     # --- recovery ------------------------------------------------------------------------------
 
@@ -219,9 +225,12 @@ class RingBuffer:
             while total > budget:
                 n = self._delete_oldest(store, total - budget)
                 if n == 0:
+                    self._warn_held_full(store, "budget", f"over the storage budget ({budget} bytes)")
                     break
                 deleted += n
                 total = store.total_segment_bytes()
+            else:
+                self._held_full.discard("budget")
             deleted += self._guard_free(store, 0)
             return deleted
 
@@ -289,6 +298,7 @@ class RingBuffer:
         floor = self.policy.min_free_bytes + need_bytes
         free = self.free_bytes()
         if free >= floor:
+            self._held_full.discard("free space")
             return 0
         # Free a little more than the floor so the guard does not fire on every check.
         target = floor + self.policy.min_free_bytes // 2
@@ -296,6 +306,10 @@ class RingBuffer:
         while free < target:
             n = self._delete_oldest(store, target - free)
             if n == 0:
+                if free < floor:
+                    self._warn_held_full(
+                        store, "free space", f"disk full ({free} bytes free, {floor} wanted)"
+                    )
                 break
             deleted += n
             free = self.free_bytes()
@@ -303,7 +317,7 @@ class RingBuffer:
 
     def _delete_oldest(self, store: Store, want_bytes: int) -> int:
         freed, deleted = 0, 0
-        for seg in store.oldest_closed_segments(64):
+        for seg in store.oldest_unheld_segments(64):
             if self.delete_segment(store, seg):
                 freed += seg.bytes
                 deleted += 1
@@ -318,12 +332,30 @@ class RingBuffer:
             age = own_age if own_age is not None else self.policy.default_max_age_s
             if age is None:
                 continue
-            for seg in store.expired_segments(camera_id, now - age * NS_PER_S):
+            for seg in store.expired_unheld_segments(camera_id, now - age * NS_PER_S):
                 deleted += int(self.delete_segment(store, seg))
         return deleted
 
+    def _warn_held_full(self, store: Store, limit: str, what: str) -> None:
+        """Nothing deletable is left for ``limit``: if held footage is what fills it, say so once (until the
+        limit is met again). Open segments alone are the recorder's normal state, not worth a warning."""
+        if limit in self._held_full:
+            return
+        count, held_bytes = store.held_segment_totals()
+        if count == 0:
+            return
+        self._held_full.add(limit)
+        log.warning(
+            "%s and only footage under legal hold is left (%d segments, %d bytes): keeping it; new footage"
+            " may not be recorded until the owner releases a hold (edge hold list, edge hold release)",
+            what,
+            count,
+            held_bytes,
+            extra={"event": "retention.held_full"},
+        )
+
     def delete_segment(self, store: Store, seg: Segment) -> bool:
-        """mark → unlink → fsync dir → drop row."""
+        """mark → unlink → fsync dir → drop row. The mark refuses a held segment (False, nothing touched)."""
         if not store.mark_deleting(seg.id):
             return False
         self._unlink(seg.path)

@@ -9,7 +9,10 @@ the hub has said anything on a connection). The hub asks for ``dev_nonce`` chall
 every request goes through the :class:`~edge.uplink.gate.Gate` on the caller's database thread (SQLite must
 not block the event loop, and a :class:`~edge.store.Store` belongs to one thread) and is answered with the
 signed decision. Checkpoints go up when the caller sends them; the hub's co-signatures come back to a
-callback. Hostile or broken messages are logged and ignored; they never end the connection.
+callback, each checked first against the witness key pinned at pairing (a bad one is logged and dropped;
+with no pinned key, from a hub that sent none, they pass flagged unverified). The latest registry document
+(:mod:`edge.uplink.registry`) goes up when the caller gives it and again on every connection; the hub
+acknowledges its version. Hostile or broken messages are logged and ignored; they never end the connection.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, Final, TypeVar
 import aiohttp
 import yarl
 
-from edge import __version__
+from edge import __version__, checkpoint
 from edge.errors import Error
 from edge.uplink import controlwire as wire
 from edge.uplink.gate import Gate, Outcome
@@ -62,11 +65,15 @@ class Backoff:
 @dataclass(frozen=True)
 class HubCosignature:
     """The hub's cosignature of a checkpoint the box sent: ``note`` is the box's signed note as sent,
-    ``line`` the hub's signature line (append it, plus a newline, to the note to get the cosigned note)."""
+    ``line`` the hub's signature line (append it, plus a newline, to the note to get the cosigned note).
+    ``verified``: checked against the pinned witness key (False only when the pairing has none), then
+    ``timestamp`` is the cosignature's time (Unix seconds)."""
 
     size: int
     note: str
     line: str
+    verified: bool = False
+    timestamp: int | None = None
 
 
 def control_url(hub_url: str) -> str:
@@ -93,13 +100,16 @@ class ControlClient:
         executor: Executor,
         on_accepted: Callback[Outcome] | None = None,
         on_cosignature: Callback[HubCosignature] | None = None,
+        witness_name: str | None = None,
+        witness_key: bytes | None = None,
         version: str = __version__,
         heartbeat_s: float = wire.HEARTBEAT_S,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
-        """``executor`` runs every gate call: it must be the thread the gate's store was opened on."""
+        """``executor`` runs every gate call: it must be the thread the gate's store was opened on.
+        ``witness_name``/``witness_key``: the pairing's (:class:`edge.uplink.pairing.Pairing`)."""
         self.url = url
         self._ssl = ssl_context
         self.device_id = device_id
@@ -107,6 +117,7 @@ class ControlClient:
         self._executor = executor
         self._on_accepted = on_accepted
         self._on_cosignature = on_cosignature
+        self._witness = (witness_name, witness_key) if witness_name and witness_key else None
         self.version = version
         self.heartbeat_s = heartbeat_s
         self.backoff = backoff or Backoff()
@@ -119,6 +130,9 @@ class ControlClient:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending: dict[int, str] = {}  # checkpoint size → note sent, awaiting its cosignature
+        self._registry: str | None = None  # the latest registry document, encoded: resent on every connection
+        self._registry_version: int | None = None
+        self.registry_acked: int | None = None  # the version the hub last acknowledged
         # Observable for status pages and tests.
         self.connections = 0
         self.delays: deque[float] = deque(maxlen=64)
@@ -187,12 +201,37 @@ class ControlClient:
             del self._pending[next(iter(self._pending))]
         await self._send({"type": "checkpoint", "note": text})
 
+    async def send_registry(self, doc: dict[str, Any]) -> bool:
+        """Send a registry document (:func:`edge.uplink.registry.build`) now if connected, and again on every
+        connection until a newer one replaces it; True if it went now. :class:`ControlError` if the
+        document is not a registry or is over the hub's message limit (then the previous one stays)."""
+        version = doc.get("version")
+        if doc.get("type") != "registry" or type(version) is not int:
+            raise ControlError("not a registry document")
+        if self._registry_version is not None and version <= self._registry_version:
+            raise ControlError(f"registry version {version} is not above {self._registry_version}")
+        text = wire.encode(doc)
+        size = len(text.encode("utf-8"))
+        if size > wire.MAX_MESSAGE_BYTES:
+            raise ControlError(f"the registry is {size} bytes, over the hub's limit {wire.MAX_MESSAGE_BYTES}")
+        self._registry, self._registry_version = text, version
+        if not self.connected:
+            return False  # it goes right after the next hello
+        try:
+            await self._send_text(text)
+        except (ControlError, ConnectionError, aiohttp.ClientError):
+            return False  # it goes on the next connection
+        return True
+
     async def _send(self, message: dict[str, Any]) -> None:
+        await self._send_text(wire.encode(message))
+
+    async def _send_text(self, text: str) -> None:
         ws = self._ws
         if ws is None or ws.closed:
             raise ControlError("the control channel is not connected")
         async with self._send_lock:
-            await ws.send_str(wire.encode(message))
+            await ws.send_str(text)
 
     # --- one connection -----------------------------------------------------------------------------------
 
@@ -209,6 +248,10 @@ class ControlClient:
             self.connections += 1
             await self._send({"type": "hello", "device_id": self.device_id, "version": self.version})
             self._connected.set()
+            # After connected is set: a document given from here on is sent by send_registry itself, one
+            # given before is the latest here. Either way the hub ends with the newest.
+            if self._registry is not None:
+                await self._send_text(self._registry)
             log.info("control channel connected to %s", self.url)
             beat = asyncio.create_task(self._heartbeats(ws))
             heard = False
@@ -258,6 +301,13 @@ class ControlClient:
                 size = wire.field(message, "size", int)
                 line = wire.field(message, "line", str, max_chars=1024)
                 self._spawn(self._take_cosignature(size, line))
+            elif kind == "registry_ack":
+                acked = wire.field(message, "version", int)
+                if self._registry_version is None or acked > self._registry_version:
+                    raise wire.WireError(f"an ack for registry version {acked}, which was not sent")
+                # An ack for an older version may cross a newer document on the wire: keep the highest.
+                self.registry_acked = max(acked, self.registry_acked or 0)
+                log.info("control channel: the hub has registry version %d", acked)
             elif kind == "error":
                 log.warning(
                     "the hub reports %s: %s",
@@ -301,12 +351,25 @@ class ControlClient:
                 await _call(self._on_accepted, outcome)
 
     async def _take_cosignature(self, size: int, line: str) -> None:
-        note = self._pending.pop(size, None)
+        note = self._pending.get(size)
         if note is None:
             self._ignore(f"a cosignature for size {size}, which was not sent")
             return
+        cosignature = HubCosignature(size, note, line)
+        if self._witness is not None:
+            name, key = self._witness
+            try:
+                text, _sigs = checkpoint.parse_note(note.encode("utf-8"))
+                ts = wire.verify_cosignature(text, line, name=name, public_key=key).timestamp
+            except (wire.WireError, checkpoint.CheckpointError) as e:
+                # Kept pending: the right cosignature may still come.
+                log.warning("control channel: dropped a cosignature for size %d: %s", size, e.message)
+                self.ignored += 1
+                return
+            cosignature = HubCosignature(size, note, line, verified=True, timestamp=ts)
+        del self._pending[size]
         if self._on_cosignature is not None:
-            await _call(self._on_cosignature, HubCosignature(size, note, line))
+            await _call(self._on_cosignature, cosignature)
 
 
 async def _call(fn: Callable[[T], Awaitable[None] | None], arg: T) -> None:

@@ -45,8 +45,10 @@ CLOSE_POLICY: Final = 1008  # a hello naming another device than the client cert
 CLOSE_TOO_BIG: Final = 1009  # a frame over TRANSPORT_MAX_BYTES
 CLOSE_REPLACED: Final = 4001  # the same device connected again; the older connection is closed
 
-BOX_TYPES: Final = frozenset({"hello", "heartbeat", "nonce", "decision", "checkpoint"})
-HUB_TYPES: Final = frozenset({"heartbeat", "nonce_request", "request", "cosignature", "error"})
+BOX_TYPES: Final = frozenset({"hello", "heartbeat", "nonce", "decision", "checkpoint", "registry"})
+HUB_TYPES: Final = frozenset(
+    {"heartbeat", "nonce_request", "request", "cosignature", "registry_ack", "error"}
+)
 
 COSIGNATURE_HEADER: Final = b"cosignature/v1\n"
 COSIGNATURE_KEY_TYPE: Final = 0x04  # tlog-cosignature Ed25519 key ID type byte
@@ -109,6 +111,15 @@ class Cosignature:
         """The signed-note signature line, without its final newline."""
         raw = self.key_id + struct.pack(">Q", self.timestamp) + self.signature
         return f"{_SIG_PREFIX}{self.name} {base64.b64encode(raw).decode('ascii')}"
+
+
+def witness_name(hub_id: str) -> str:
+    """The hub's cosigner name: ``edge.hub/<hub id>``, or, for a hub id a key name cannot hold (C2SP: no
+    ``+``, no white space), ``edge.hub/`` + 16 hex digits of its SHA-256. The box recomputes it at
+    enrollment, so a hub cannot pin a name that is not its own."""
+    name = f"edge.hub/{hub_id}"
+    ok = "+" not in name and not any(ch.isspace() or ch < " " for ch in name)
+    return name if ok else f"edge.hub/{hashlib.sha256(hub_id.encode()).hexdigest()[:16]}"
 
 
 def cosigner_key_id(name: str, public_key: bytes) -> bytes:

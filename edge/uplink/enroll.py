@@ -36,7 +36,9 @@ from edge import jws
 from edge.errors import Error
 from edge.identity import DeviceIdentity
 from edge.jws import show
+from edge.uplink.controlwire import witness_name
 from edge.uplink.keyset import KeysetError, PinnedKeyset, apply_keyset, is_name
+from edge.uplink.request import HubKeys
 
 CODE_PREFIX: Final = "edge-enroll:v1:"
 TYP: Final = "edge-enroll+jwt"
@@ -56,6 +58,7 @@ CERT_SKEW: Final = timedelta(seconds=60)
 ERROR_CODES: Final = ("bad_token", "token_used", "token_expired", "bad_request")
 CODE_FIELDS: Final = frozenset({"hub", "token", "root"})
 RESPONSE_FIELDS: Final = frozenset({"hub_id", "agency", "client_cert", "keyset", "terms"})
+OPTIONAL_RESPONSE_FIELDS: Final = frozenset({"witness"})  # hubs from before the witness key leave it out
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 
 
@@ -107,6 +110,9 @@ class Enrollment:
     keyset: PinnedKeyset
     terms: Terms
     tls_key: ec.EllipticCurvePrivateKey = field(repr=False)  # the client certificate's key: never shown
+    # The hub's checkpoint cosigner (C2SP tlog-cosignature): None from a hub that did not send one.
+    witness_name: str | None = None
+    witness_key: bytes | None = None
 
     @property
     def root_fingerprint(self) -> str:
@@ -306,8 +312,9 @@ def parse_response(
         obj = jws.json_object(body, "answer")
     except jws.JWSError:
         raise EnrollError("the hub's answer is not a JSON object") from None
-    if obj.keys() != RESPONSE_FIELDS:
-        missing, extra = sorted(RESPONSE_FIELDS - obj.keys()), sorted(obj.keys() - RESPONSE_FIELDS)
+    if not RESPONSE_FIELDS <= obj.keys() <= RESPONSE_FIELDS | OPTIONAL_RESPONSE_FIELDS:
+        missing = sorted(RESPONSE_FIELDS - obj.keys())
+        extra = sorted(obj.keys() - RESPONSE_FIELDS - OPTIONAL_RESPONSE_FIELDS)
         what = f"lacks {', '.join(missing)}" if missing else f"has an unknown member {show(extra[0])}"
         raise EnrollError(f"the hub's answer {what}")
     hub_id = _name(obj["hub_id"], "hub_id", 128)
@@ -323,6 +330,7 @@ def parse_response(
         keyset = apply_keyset(None, token, hub_id=hub_id)
     except KeysetError as e:
         raise EnrollError(e.message) from None
+    witness = _witness(obj["witness"], hub_id) if "witness" in obj else (None, None)
     return Enrollment(
         hub_url=hub_url,
         root_pem=root_pem,
@@ -332,7 +340,27 @@ def parse_response(
         keyset=keyset,
         terms=_terms(obj["terms"]),
         tls_key=tls_key,
+        witness_name=witness[0],
+        witness_key=witness[1],
     )
+
+
+def _witness(value: object, hub_id: str) -> tuple[str, bytes]:
+    """``{"name", "key"}``: the name this hub's id gives (so a hub cannot pin another's), and a 32-byte
+    Ed25519 key that is not a small-order point (under which cosignatures could be forged)."""
+    if not isinstance(value, dict) or value.keys() != {"name", "key"}:
+        raise EnrollError('the hub\'s witness is not exactly {"name", "key"}')
+    name, key_text = value["name"], value["key"]
+    if name != witness_name(hub_id):
+        raise EnrollError(f"the hub's witness name is not {witness_name(hub_id)!r}")
+    key = jws.b64url_decode(key_text) if isinstance(key_text, str) else None
+    if key is None or len(key) != 32:
+        raise EnrollError("the hub's witness key is not the base64url of a 32-byte Ed25519 key")
+    try:
+        HubKeys(hub_id=hub_id, keys={"witness": key})  # refuses small-order points
+    except ValueError:
+        raise EnrollError("the hub's witness key is a small-order point") from None
+    return name, key
 
 
 def _check_client_cert(

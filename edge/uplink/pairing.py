@@ -6,6 +6,10 @@ Files and rows:
 * ``pairing`` (one row, schema migration 5): hub id, agency, hub URL, the root certificate (PEM; the only
   trust anchor for TLS with the hub), the client certificate, the newest key set (as received, and its
   claims as RFC 8785 JSON), its version, every revoked kid, and the terms (version, text, SHA-256).
+* the hub's witness (the key that cosigns the box's checkpoints), in two ``settings`` rows
+  (``pairing_witness_name``, ``pairing_witness_key`` base64url) written and removed in the same transaction
+  as the ``pairing`` row, so no schema change; absent for a hub that sent none (its cosignatures are kept
+  unverified).
 * ``tls-client.key`` in the data directory: the client certificate's P-256 key, PKCS#8 PEM, mode 0600
   (written like the device key, :mod:`edge.keyfiles`). Never logged, never printed.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sqlite3
 import ssl
 import stat
 import tempfile
@@ -28,7 +33,7 @@ from typing import Any, Final
 import rfc8785
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from edge import keyfiles
+from edge import jws, keyfiles
 from edge.audit import AuditLog, Event
 from edge.errors import Error
 from edge.store import Store
@@ -43,6 +48,8 @@ _COLUMNS: Final = (
 )
 _SELECT: Final = f"SELECT {_COLUMNS} FROM pairing WHERE id = 1"  # noqa: S608 - constants only
 _UPSERT: Final = f"INSERT OR REPLACE INTO pairing (id, {_COLUMNS}) VALUES (1{', ?' * 13})"  # noqa: S608
+WITNESS_NAME_SETTING: Final = "pairing_witness_name"
+WITNESS_KEY_SETTING: Final = "pairing_witness_key"
 
 
 class PairingError(Error):
@@ -59,6 +66,8 @@ class Pairing:
     keyset: PinnedKeyset
     terms: Terms
     paired_utc_ns: int
+    witness_name: str | None = None  # the hub's checkpoint cosigner; None: paired with a hub that sent none
+    witness_key: bytes | None = None
 
     @property
     def root_fingerprint(self) -> str:
@@ -90,6 +99,10 @@ def load(store: Store) -> Pairing | None:
         claims=claims,
         jws=ks_jws,
     )
+    witness_name, witness_key = store.setting(WITNESS_NAME_SETTING), store.setting(WITNESS_KEY_SETTING)
+    raw_witness = jws.b64url_decode(witness_key) if witness_key is not None else None
+    if (witness_name is None) != (witness_key is None) or (witness_key is not None and raw_witness is None):
+        raise PairingError(f"the pinned witness key in {store.path.name} is damaged")
     return Pairing(
         hub_id=hub_id,
         agency=agency,
@@ -99,6 +112,8 @@ def load(store: Store) -> Pairing | None:
         keyset=keyset,
         terms=Terms(version=t_version, text=t_text),
         paired_utc_ns=paired,
+        witness_name=witness_name,
+        witness_key=raw_witness,
     )
 
 
@@ -123,6 +138,20 @@ def save(store: Store, pairing: Pairing) -> None:
                 pairing.terms.sha256,
                 pairing.paired_utc_ns,
             ),
+        )
+        _save_witness(c, pairing)
+
+
+def _save_witness(c: sqlite3.Connection, pairing: Pairing | None) -> None:
+    """The witness rows, in the caller's transaction: removed unless ``pairing`` has a witness."""
+    c.execute("DELETE FROM settings WHERE key IN (?, ?)", (WITNESS_NAME_SETTING, WITNESS_KEY_SETTING))
+    if pairing is not None and pairing.witness_name is not None and pairing.witness_key is not None:
+        c.executemany(
+            "INSERT INTO settings (key, value) VALUES (?, ?)",
+            [
+                (WITNESS_NAME_SETTING, pairing.witness_name),
+                (WITNESS_KEY_SETTING, jws.b64url_encode(pairing.witness_key)),
+            ],
         )
 
 
@@ -150,6 +179,8 @@ def pin(
         keyset=enrollment.keyset,
         terms=enrollment.terms,
         paired_utc_ns=now_utc_ns,
+        witness_name=enrollment.witness_name,
+        witness_key=enrollment.witness_key,
     )
     key_pem = enrollment.tls_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     keyfiles.prepare_dir(data_dir, PairingError)
@@ -237,4 +268,5 @@ def _save_and_log(
         else:
             with store.transaction() as c:
                 c.execute("DELETE FROM pairing WHERE id = 1")
+                _save_witness(c, None)
         raise
