@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge import auditcli, consentcli, control, holdcli, paircli
+from edge import auditcli, consentcli, control, holdcli, paircli, requestcli
 from edge.clock import NS_PER_S, SystemClock
 from edge.config import Config, StorageBudget, load_config
 from edge.errors import ConfigError, Error
@@ -663,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     auditcli.add_parsers(sub, _load, parse_time)
     consentcli.add_parsers(sub, _load, _notify_daemon, parse_duration_s)
     holdcli.add_parsers(sub, _load)  # edge hold list|release
+    requestcli.add_parsers(sub, _load, parse_time)  # edge requests, edge share
 
     sn = sub.add_parser("snapshot", help="latest picture of a camera as JPEG")
     sn.add_argument("--camera", type=int, required=True)

@@ -107,6 +107,13 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True)
+class UplinkConfig:
+    enabled: bool = True  # run the control channel once the box is paired (the owner pairs; this can veto)
+    recorded_rate_mbit: float = 8.0  # cap on a recorded range's upload, to spare the owner's upstream
+    camera_idle_s: float = 10.0  # a live session ends (camera_lost) after this long without a packet
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -117,6 +124,7 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     web: WebConfig = field(default_factory=WebConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    uplink: UplinkConfig = field(default_factory=UplinkConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -147,6 +155,11 @@ allowed_hosts = []          # extra Host header values accepted besides the box'
 timeout_s = 3.0             # 0.5..60: how long `edge discover` listens for cameras' answers
 listen = true               # note cameras that announce themselves (WS-Discovery Hello/Bye) while running
 interfaces = []             # e.g. ["eth1"] on a box with a separate camera LAN; empty: every interface
+
+[uplink]
+enabled = true              # talk to the paired hub (nothing happens until the owner pairs the box)
+recorded_rate_mbit = 8.0    # 0.1..1000: upload cap for a recorded range sent to the hub
+camera_idle_s = 10.0        # 1..120: a live session ends when its camera sends nothing this long
 
 [log]
 level = "info"              # debug, info, warning, error
@@ -391,6 +404,10 @@ _SECTIONS: Mapping[str, tuple[type[Any], Mapping[str, _Parser]]] = {
     "discovery": (
         DiscoveryConfig,
         {"timeout_s": _float(0.5, 60), "listen": _bool, "interfaces": _array(_interface_name)},
+    ),
+    "uplink": (
+        UplinkConfig,
+        {"enabled": _bool, "recorded_rate_mbit": _float(0.1, 1000), "camera_idle_s": _float(1, 120)},
     ),
     "log": (LogConfig, {"level": _choice(*LOG_LEVELS)}),
 }

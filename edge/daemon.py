@@ -17,19 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any, TypeVar
 
-from edge import control, identity
-from edge.audit import AuditLog
+from edge import control, identity, requestlog
+from edge.audit import AuditLog, Event
 from edge.clock import NS_PER_MS, NS_PER_S, Clock
 from edge.config import Config
 from edge.credentials import Opener
 from edge.discovery import wsdiscovery
-from edge.errors import NotFound
+from edge.errors import Error, NotFound
 from edge.recorder.camera import Backoff, CameraRecorder, CameraSpec, CameraStatus
 from edge.recorder.fanout import Fanout
 from edge.recorder.ringbuffer import RetentionPolicy, RetentionWorker, RingBuffer
 from edge.recorder.segmenter import SegmentPolicy
 from edge.redact import Redactor, redact_url
 from edge.store import Camera, Store
+from edge.uplink import pairing, registry
+from edge.uplink.control import ControlClient, HubCosignature, control_url
+from edge.uplink.gate import Gate, Outcome
+from edge.uplink.request import Refused, verify_token
+from edge.uplink.sessions import Sessions, Uplink
 
 log = logging.getLogger("edge.daemon")
 T = TypeVar("T")
@@ -86,10 +91,16 @@ class Daemon:
         self._identity: identity.DeviceIdentity | None = None
         self._audit: AuditLog | None = None
         self._last_checkpoint_ns = 0
+        self._control: ControlClient | None = None
+        self._sessions: Sessions | None = None
+        self._paired_as: tuple[str, str] | None = None  # (hub URL, client certificate) the uplink runs with
         self.ready = asyncio.Event()
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
+
+    def _on_db(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._db_pool, fn)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -120,12 +131,14 @@ class Daemon:
                 "status": self._op_status,
                 "snapshot": self._op_snapshot,
                 "checkpoint": self._op_checkpoint,
+                "share": self._op_share,
             },
         )
         self._background(self._checkpoint_periodically())
         announcements = await self._listen_for_cameras()
         try:
             await self.reconcile()
+            await self._reconcile_uplink()
             log.info("edge running with %d cameras", len(self._recorders), extra={"event": "daemon.ready"})
             self.ready.set()
             await stop.wait()
@@ -135,6 +148,7 @@ class Daemon:
                 await announcements.close()
             for task in list(self._tasks):
                 task.cancel()
+            await self._stop_uplink()
             await self._stop_all()
             await self.checkpoint()
             self._retention.stop(STOP_TIMEOUT_S)
@@ -236,6 +250,125 @@ class Daemon:
     async def _op_checkpoint(self, _req: dict[str, Any]) -> dict[str, Any]:
         return {"note_b64": base64.b64encode(await self.checkpoint()).decode()}
 
+    # --- uplink ---------------------------------------------------------------------------------
+
+    async def _reconcile_uplink(self) -> None:
+        """Run the control channel while the box is paired (and the uplink not turned off); restart it when
+        the pairing changed, stop it when the box was unpaired."""
+        assert self._store is not None and self._identity is not None
+        store, ident = self._store, self._identity
+        paired = await self._db(pairing.load, store) if self.config.uplink.enabled else None
+        wanted = (paired.hub_url, paired.client_cert_pem) if paired is not None else None
+        if wanted == self._paired_as:
+            return
+        await self._stop_uplink()
+        if paired is None:
+            return
+        ssl_context = await asyncio.to_thread(pairing.client_ssl_context, self.data_dir, paired)
+        device_id = ident.public.device_id
+        sessions = Sessions(
+            uplink=Uplink(paired.hub_url, ssl_context, device_id), store=store, db=self._on_db,
+            data_dir=self.data_dir, clock=self._clock, config=self.config.uplink,
+            fanout=self._fanouts.get, checkpoint=self._checkpoint_for_hub,
+        )  # fmt: skip
+        keys = paired.hub_keys()
+        gate = await self._db(
+            lambda: Gate(store, ident, keys, open_sessions=sessions.open_cameras, on_accept=sessions.reserve)
+        )
+        self._sessions, self._paired_as = sessions, wanted
+        self._control = ControlClient(
+            control_url(paired.hub_url), ssl_context, device_id=device_id, gate=gate,
+            executor=self._db_pool, on_accepted=self._on_accepted, on_cosignature=self._on_cosignature,
+            clock_ns=self._clock.now_utc_ns, witness_name=paired.witness_name, witness_key=paired.witness_key,
+        )  # fmt: skip
+        self._control.start()
+        await self._push_registry()
+        log.info("uplink to %s (%s)", paired.hub_url, paired.agency, extra={"event": "uplink.started"})
+
+    async def _op_share(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`edge share`: answer a notice (a request refused ``not_integrated``) with the owner's clip."""
+        sessions, store, paired_as = self._sessions, self._store, self._paired_as
+        if sessions is None or store is None or paired_as is None:
+            raise Error("the box is not paired with a hub (or the uplink is turned off)", kind="not_paired")
+        try:
+            jti, camera = str(req["request"]), int(req["camera"])
+            from_ns, to_ns = int(req["from_ns"]), int(req["to_ns"])
+        except (KeyError, TypeError, ValueError):
+            raise Error("share needs request, camera, from_ns and to_ns", kind="malformed") from None
+        record = await self._db(lambda: requestlog.find(AuditLog(store), jti))
+        if record is None:
+            raise NotFound(f"no request {jti} in the audit log")
+        if not record.notice or camera not in record.cameras or record.token is None:
+            raise Error(
+                f"request {jti} is not a notice for camera {camera}: only a request refused because the"
+                " camera is registered (not integrated) can be answered with a share",
+                kind="not_a_notice",
+            )
+        paired = await self._db(pairing.load, store)
+        assert paired is not None and self._identity is not None
+        try:  # the token again, as it was when it arrived: still signed by a pinned hub key
+            device_id, then_s = self._identity.public.device_id, record.utc_ns // NS_PER_S
+            request = verify_token(record.token, hub=paired.hub_keys(), device_id=device_id, now_s=then_s)
+        except Refused as r:
+            raise Error(f"request {jti} no longer verifies: {r.detail}", kind=r.code) from None
+        session = sessions.start_share(request, camera, from_ns, to_ns)
+        return {"session": session, "agency": paired.agency}
+
+    async def _push_registry(self) -> None:
+        """Tell the hub which cameras it may know of (registered and integrated, never private), now: a
+        withdrawal must reach it at once. Logged (``registry.sent``) when what it says changed."""
+        control, store, ident = self._control, self._store, self._identity
+        if control is None or store is None or ident is None:
+            return
+        now = self._clock.now_utc_ns()
+
+        def build() -> dict[str, Any]:
+            doc = registry.build(store, ident, now_utc_ns=now)
+            if registry.should_log(store, doc):
+                details = registry.audit_details(doc)
+                event = Event("registry.sent", "daemon", cameras=tuple(details["cameras"]), details=details)
+                AuditLog(store).log(event, now_utc_ns=now)
+            return doc
+
+        doc = await self._db(build)
+        try:
+            await control.send_registry(doc)  # sent now, or as soon as the channel is up
+        except Error as e:
+            log.warning("registry not sent: %s", e.message, extra={"event": "registry.failed"})
+
+    async def _stop_uplink(self) -> None:
+        control, sessions = self._control, self._sessions
+        self._control, self._sessions, self._paired_as = None, None, None
+        if sessions is not None:
+            await sessions.close()
+        if control is not None:
+            await control.close()
+
+    def _on_accepted(self, outcome: Outcome) -> None:
+        if self._sessions is not None and outcome.request is not None:
+            self._sessions.start(outcome.request)
+
+    async def _on_cosignature(self, cosig: HubCosignature) -> None:
+        """Keep the hub's cosignature: the off-box witness that shows a rewrite of this log."""
+        assert self._audit is not None
+        audit, now = self._audit, self._clock.now_utc_ns()
+        witness = cosig.line.split(" ", 2)[1] if cosig.line.count(" ") >= 2 else "?"
+        await self._db(
+            lambda: audit.add_cosignature(tree_size=cosig.size, note=cosig.note, line=cosig.line,
+                                          witness=witness, verified=cosig.verified, now_utc_ns=now)
+        )  # fmt: skip
+        unverified = "" if cosig.verified else " (no witness key pinned)"
+        log.info(
+            "the hub cosigned checkpoint %d%s", cosig.size, unverified, extra={"event": "audit.cosigned"}
+        )
+
+    async def _checkpoint_for_hub(self) -> None:
+        """Sign a checkpoint and hand it to the hub to cosign (session start and end)."""
+        note = await self.checkpoint()
+        control = self._control
+        if control is not None and control.connected:
+            await control.send_checkpoint(note)
+
     # --- discovery -----------------------------------------------------------------------------
 
     async def _listen_for_cameras(self) -> wsdiscovery.Announcements | None:
@@ -333,7 +466,9 @@ class Daemon:
 
     async def _op_reload(self, _req: dict[str, Any]) -> dict[str, Any]:
         await self.reconcile()
-        return {"cameras": len(self._recorders)}
+        await self._reconcile_uplink()
+        await self._push_registry()  # consent, cameras or the owner's contact may have changed
+        return {"cameras": len(self._recorders), "uplink": self._control is not None}
 
     async def _op_status(self, _req: dict[str, Any]) -> dict[str, Any]:
         return {"cameras": await self.camera_table()}

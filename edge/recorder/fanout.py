@@ -104,6 +104,15 @@ class Subscription:
         if self._fanout is not None:
             self._fanout.unsubscribe(self)
 
+    async def next(self, timeout: float | None = None) -> MediaPacket | None:
+        """The next packet, or None once the subscription is closed (``closed_reason`` says why);
+        TimeoutError if none comes within ``timeout`` seconds."""
+        item = await asyncio.wait_for(self.queue.get(), timeout)
+        if isinstance(item, _Closed):
+            self._force(item)  # stays closed for later calls
+            return None
+        return item
+
     def __aiter__(self) -> AsyncIterator[MediaPacket]:
         return self._iter()
 

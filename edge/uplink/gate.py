@@ -84,14 +84,18 @@ class Gate:
         hub: HubKeys,
         *,
         open_sessions: Callable[[], frozenset[int]] = frozenset,
+        on_accept: Callable[[AccessRequest], None] | None = None,
         actor: str | None = None,
     ) -> None:
+        """``on_accept`` runs on this (the database) thread right after an acceptance, before the next request
+        is decided: the place to mark its cameras busy, so a second request at once is refused ``busy``."""
         self.store = store
         self.identity = identity
         self.hub = hub
         self.guard = ReplayGuard(store)
         self.audit = AuditLog(store)
         self._open_sessions = open_sessions
+        self._on_accept = on_accept
         self._actor = actor or f"hub:{hub.hub_id}"
 
     def issue_nonce(self, *, now_utc_ns: int) -> str:
@@ -116,6 +120,8 @@ class Gate:
             decision = Decision(False, r.code, None, r.detail)
         jti = request.jti if request is not None else _token_id(raw)
         self._log(raw, request, jti, decision, now_utc_ns)
+        if decision.accepted and request is not None and self._on_accept is not None:
+            self._on_accept(request)
         message = self._message(jti, decision, now_s)
         return Outcome(decision.accepted, decision.code, decision.detail, request, message)
 

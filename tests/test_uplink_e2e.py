@@ -1,0 +1,147 @@
+"""End to end: a box recording the real GStreamer RTSP server, paired with the reference hub over real TLS,
+sends what a signed request asks for — and only that — and stops when the owner says so.
+
+Each test mount has its own background colour, so a decoded frame at the hub names the camera it came from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.hub.media import EndRecord
+from edge.hub.requests import RequestResult
+from tests.peers.rtsp_server import RtspPeer
+from tests.uplinkworld import Box, HubThread, decoded, make_box
+
+MOUNTS = ("h264_720p", "h265")  # camera 1 red H.264, camera 2 blue H.265; both 1 s GOPs
+
+
+@pytest.fixture(scope="module")
+def world(rtsp_server: RtspPeer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubThread, Box]]:
+    root = tmp_path_factory.mktemp("uplink")
+    hub = HubThread(root / "hub")
+    box = None
+    try:
+        box = make_box(root / "box", hub, rtsp_server, MOUNTS)
+        yield hub, box
+    finally:
+        if box is not None:
+            box.daemon.stop()
+        hub.close()
+
+
+def first_fragment(hub: HubThread, result: RequestResult, camera: int, timeout: float = 10) -> int | None:
+    assert result.expected is not None
+    fut = result.expected.streams[camera].first_fragment
+    return hub.call(asyncio.wait_for(asyncio.shield(fut), timeout))
+
+
+def ended(hub: HubThread, result: RequestResult, camera: int, timeout: float = 10) -> EndRecord:
+    assert result.expected is not None
+    fut = result.expected.streams[camera].ended
+    return hub.call(asyncio.wait_for(asyncio.shield(fut), timeout))
+
+
+def video(result: RequestResult, camera: int) -> Path:
+    assert result.expected is not None
+    return result.expected.streams[camera].video_path
+
+
+def test_live_request_brings_each_camera_to_the_hub(world: tuple[HubThread, Box]) -> None:
+    hub, box = world
+    result = hub.request(box.device_id, [1, 2])
+    assert result.accepted, result.decision
+    for cam in (1, 2):
+        assert first_fragment(hub, result, cam) is not None
+    time.sleep(1.5)
+    for cam in (1, 2):
+        assert hub.call(hub.hub.media.stop(result.session, cam))
+    records = {cam: ended(hub, result, cam) for cam in (1, 2)}
+    for cam, mount in zip((1, 2), MOUNTS, strict=True):
+        frames = decoded(video(result, cam))
+        assert len(frames) >= 30, (cam, len(frames))  # >= 1.5 s at 30 fps, from the cached keyframe on
+        assert frames[0][0] == 0.0
+        assert {clip for _, clip in frames} == {mount}, f"camera {cam} shows {mount} and nothing else"
+        assert records[cam].failed is None
+    entries = box.audit("session")
+    ended_entries = [e for e in entries if e["type"] == "session.ended" and e["request"] == result.jti]
+    assert sorted(e["cameras"][0] for e in ended_entries) == [1, 2]
+    assert all(e["details"]["reason"] == "hub_closed" and e["details"]["bytes"] > 0 for e in ended_entries)
+    holds = [e for e in box.audit("hold") if e["request"] == result.jti]
+    assert sorted(e["cameras"][0] for e in holds) == [1, 2]
+
+
+def test_recorded_request_returns_the_asked_range(world: tuple[HubThread, Box]) -> None:
+    hub, box = world
+    time.sleep(max(0.0, 6 - (time.time() - box.daemon_started)))
+    now = int(time.time())
+    from_s, to_s = now - 5, now - 2
+    result = hub.request(box.device_id, [1], "recorded", from_s=from_s, to_s=to_s)
+    assert result.accepted, result.decision
+    record = ended(hub, result, 1, timeout=30)
+    assert record.complete and record.box_end is not None and record.box_end["reason"] == "complete"
+    assert record.start_ms is not None
+    frames = decoded(video(result, 1))
+    assert {clip for _, clip in frames} == {"h264_720p"}
+    first_ms = record.start_ms
+    last_ms = record.start_ms + frames[-1][0] * 1000
+    assert from_s * 1000 - 1000 - 100 <= first_ms <= from_s * 1000, "first frame at most one GOP before from"
+    assert abs(last_ms - to_s * 1000) <= 1000, "last frame within 1 s of to"
+
+
+def test_max_dur_ends_a_live_session(world: tuple[HubThread, Box]) -> None:
+    hub, box = world
+    result = hub.request(box.device_id, [2], max_dur=2)
+    assert result.accepted, result.decision
+    t0 = time.monotonic()
+    record = ended(hub, result, 2)
+    assert record.box_end is not None and record.box_end["reason"] == "max_dur" and record.complete
+    assert 1.5 <= time.monotonic() - t0 <= 3.5
+
+
+@pytest.mark.parametrize("how", ["killswitch", "withdrawn"])
+def test_the_owner_ends_a_live_session_within_a_second(world: tuple[HubThread, Box], how: str) -> None:
+    hub, box = world
+    result = hub.request(box.device_id, [1])
+    assert result.accepted, result.decision
+    first_fragment(hub, result, 1)
+    if how == "killswitch":
+        box.cli("killswitch")
+    else:
+        box.cli("consent", "withdraw", "1")
+    t0 = time.monotonic()
+    try:
+        record = ended(hub, result, 1, timeout=5)
+        took = time.monotonic() - t0
+        assert record.box_end is not None and record.box_end["reason"] == how and record.complete
+        assert took <= 1.0, f"the session ended {took:.2f} s after the owner's {how}"
+        again = hub.request(box.device_id, [1])
+        assert not again.accepted and again.code == (
+            "killswitch" if how == "killswitch" else "no_such_camera"
+        )
+    finally:
+        if how == "killswitch":
+            box.cli("killswitch", "--release")
+        else:
+            box.cli("consent", "set", "1", "--level", "integrated")
+    if how == "withdrawn":  # the registry the hub holds no longer lists it … and lists it again
+        reg = hub.state.registry(box.device_id)
+        assert reg is not None and [c["id"] for c in reg.doc["cameras"]] == [1, 2]
+
+
+def test_every_session_is_logged_and_the_log_is_cosigned(world: tuple[HubThread, Box]) -> None:
+    hub, box = world
+    result = hub.request(box.device_id, [2], max_dur=1)
+    ended(hub, result, 2)
+    time.sleep(0.5)
+    assert box.cli("audit", "verify").stdout.startswith("OK:")
+    with sqlite3.connect(box.data / "edge.db") as db:
+        cosigned = db.execute("SELECT COUNT(*), MIN(verified) FROM audit_cosignatures").fetchone()
+    assert cosigned[0] >= 2 and cosigned[1] == 1, "checkpoints at session start and end, cosigned, verified"
+    assert len(hub.state.cosignatures(box.device_id)) >= 2
