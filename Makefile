@@ -43,6 +43,7 @@ bench: apt-test venv
 	$(PY) bench/record.py
 	$(PY) bench/export.py
 	$(PY) bench/audit.py
+	$(PY) bench/uplink.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import av
+import numpy as np
 
 from edge.hub.requests import RequestResult, make_request
 from edge.hub.server import RunningHub
@@ -114,6 +115,9 @@ def make_box(
 
 def decoded(video: Path) -> list[tuple[float, str | None]]:
     """(time, nearest test clip by background colour) of every decoded frame of a received video."""
-    with av.open(io.BytesIO(video.read_bytes())) as c:
-        return [(float(f.time or 0.0), nearest_clip(dominant_colour(f.to_ndarray(format="bgr24"))))
-                for f in c.decode(video=0)]  # fmt: skip
+    out = []
+    with av.open(io.BytesIO(video.read_bytes()), "r") as c:
+        for f in c.decode(video=0):
+            img = f.to_ndarray(format="bgr24").astype(np.uint8)
+            out.append((float(f.time or 0.0), nearest_clip(dominant_colour(img))))
+    return out

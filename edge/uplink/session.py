@@ -223,11 +223,12 @@ class StreamResult:
 
 
 class _RateCap:
-    """Token bucket: at most ``bytes_per_s`` on average, bursts of one second's worth."""
+    """Token bucket: at most ``bytes_per_s`` on average, never more than one second's worth at once; it
+    starts empty, so even a short range keeps to the cap."""
 
     def __init__(self, bytes_per_s: float | None) -> None:
         self.rate = bytes_per_s
-        self._allowance = bytes_per_s or 0.0
+        self._allowance = 0.0
         self._last = time.monotonic()
 
     async def take(self, n: int) -> None:
