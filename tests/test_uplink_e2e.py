@@ -7,6 +7,7 @@ Each test mount has its own background colour, so a decoded frame at the hub nam
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -145,3 +146,44 @@ def test_every_session_is_logged_and_the_log_is_cosigned(world: tuple[HubThread,
         cosigned = db.execute("SELECT COUNT(*), MIN(verified) FROM audit_cosignatures").fetchone()
     assert cosigned[0] >= 2 and cosigned[1] == 1, "checkpoints at session start and end, cosigned, verified"
     assert len(hub.state.cosignatures(box.device_id)) >= 2
+
+
+def test_a_notice_is_answered_by_the_owner_with_a_share(world: tuple[HubThread, Box]) -> None:
+    """A request for a registered camera is refused (not_integrated) and becomes a notice with the officer,
+    case and reason; the owner answers it with a clip of their choosing, sent like any session."""
+    hub, box = world
+    box.cli("consent", "set", "2", "--level", "registered")
+    try:
+        result = hub.request(box.device_id, [2])
+        assert not result.accepted and result.code == "not_integrated"
+        notices = json.loads(box.cli("requests", "--notices", "--json").stdout)
+        (notice,) = [n for n in notices if n["jti"] == result.jti]
+        assert (notice["officer"], notice["case"], notice["reason"]) == (
+            "PC 4512",
+            "2026/0042",
+            "crime_in_progress",
+        )
+        assert "edge share --request" in box.cli("requests", "--notices").stdout
+
+        wrong = box.cli(
+            "share", "--request", result.jti, "--camera", "1", "--from", "-4s", "--to", "-1s", check=False
+        )
+        assert wrong.returncode != 0 and "is not a notice for camera 1" in wrong.stderr
+        unknown = box.cli(
+            "share", "--request", "nope", "--camera", "2", "--from", "-4s", "--to", "-1s", check=False
+        )
+        assert unknown.returncode != 0 and "no request nope" in unknown.stderr
+
+        out = box.cli(
+            "share", "--request", result.jti, "--camera", "2", "--from", "-4s", "--to", "-1s"
+        ).stdout
+        assert "Metropolitan Police" in out
+        record = ended(hub, result, 2, timeout=30)
+        assert record.complete and record.box_end is not None and record.box_end["reason"] == "complete"
+        assert {clip for _, clip in decoded(video(result, 2))} == {"h265"}
+        started = [e for e in box.audit("session.started") if e["request"] == result.jti]
+        assert [e["details"]["mode"] for e in started] == ["share"]
+        holds = [e for e in box.audit("hold.placed") if e["request"] == result.jti]
+        assert [e["details"]["reason"] for e in holds] == ["share"]
+    finally:
+        box.cli("consent", "set", "2", "--level", "integrated")

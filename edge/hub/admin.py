@@ -105,7 +105,7 @@ def make_admin_app(
             }
         )
         followers: list[asyncio.Task[None]] = []
-        if result.expected is not None:
+        if result.expected is not None and result.accepted:  # a notice's share may come hours later
             streams = list(result.expected.streams.values())
             followers = [
                 asyncio.create_task(_follow(media, s, events, decided_ns, stop_after_s)) for s in streams

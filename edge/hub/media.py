@@ -53,7 +53,8 @@ HEADER_TIMEOUT_S: Final = 10.0
 IDLE_TIMEOUT_S: Final = 30.0  # nothing from the box for this long: the stream is over (truncated)
 LIVE_QUEUE: Final = 64  # pieces a live viewer may lag behind before it is dropped
 TRANSPORT_MAX_BYTES: Final = media.HEADER_BYTES + media.MAX_PAYLOAD_BYTES + media.TAG_BYTES
-MODES: Final = frozenset({"live", "recorded"})
+MODES: Final = frozenset({"live", "recorded", "share"})
+SHARE_WAIT_S: Final = 24 * 3600.0  # how long a notice's viewer key waits for the owner's answer (edge share)
 MAX_CAMERA_DIGITS: Final = 10
 
 WAITING, CONNECTED, ENDED = "waiting", "connected", "ended"
@@ -310,6 +311,14 @@ class MediaHub:
             self._streams[(expected.session, camera)] = stream
         expected.timer = asyncio.get_running_loop().call_later(self.expect_s, self._expire, expected)
         return expected
+
+    def await_share(self, expected: Expected, wait_s: float = SHARE_WAIT_S) -> None:
+        """The box refused the request ``not_integrated``: its owner may still answer with a clip they choose
+        (mode ``share``, docs/protocol.md §8.1). Keep the viewer key and wait that long for it."""
+        expected.meta["mode"] = "share"
+        if expected.timer is not None:
+            expected.timer.cancel()
+        expected.timer = asyncio.get_running_loop().call_later(wait_s, self._expire, expected)
 
     def cancel(self, expected: Expected, reason: str = "cancelled") -> None:
         """Stop waiting for the streams not connected yet (a refused request, or no decision)."""

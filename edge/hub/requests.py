@@ -58,7 +58,7 @@ class RequestResult:
     directory: Path  # <hub data>/sessions/<session>
     claims: dict[str, Any]
     decision: dict[str, Any]
-    expected: Expected | None  # the streams to wait for; None when refused
+    expected: Expected | None  # the streams to wait for; None if refused (a notice: a share may come)
 
     @property
     def accepted(self) -> bool:
@@ -179,6 +179,9 @@ async def make_request(
         raise
     await asyncio.to_thread(_save, directory, {DECISION_JSON: _json(decision)})
     if decision.get("decision") != "accepted":
+        if decision.get("code") == "not_integrated":
+            media.await_share(expected)  # a notice to the owner, who may answer with a share
+            return RequestResult(jti, session, directory, claims, decision, expected)
         media.cancel(expected, "refused")
         return RequestResult(jti, session, directory, claims, decision, None)
     if decision.get("session") != session:
