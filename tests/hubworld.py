@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from edge import __version__, jws
 from edge.hub import server
+from edge.hub.media import MediaHub
 from edge.hub.state import HubState
 from edge.identity import DeviceIdentity, load_or_create
 from edge.store import Store
@@ -38,7 +39,12 @@ def server_context(state: HubState, *, issuer: HubState | None = None) -> ssl.SS
 
 
 async def start_hub(
-    state: HubState, *, port: int = 0, heartbeat_s: float = 20.0, issuer: HubState | None = None
+    state: HubState,
+    *,
+    port: int = 0,
+    heartbeat_s: float = 20.0,
+    issuer: HubState | None = None,
+    media: MediaHub | None = None,
 ) -> server.RunningHub:
     return await server.start(
         state,
@@ -46,6 +52,7 @@ async def start_hub(
         port=port,
         ssl_context=server_context(state, issuer=issuer),
         heartbeat_s=heartbeat_s,
+        media=media,
     )
 
 

@@ -7,16 +7,22 @@ Each test mount has its own background colour, so a decoded frame at the hub nam
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import av
+import av.error
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from edge.hub.media import EndRecord
+from edge import jws
+from edge.hub.media import SEALED_FILE, EndRecord
 from edge.hub.requests import RequestResult
+from edge.uplink import media
 from tests.peers.rtsp_server import RtspPeer
 from tests.uplinkworld import Box, HubThread, decoded, make_box
 
@@ -30,6 +36,8 @@ def world(rtsp_server: RtspPeer, tmp_path_factory: pytest.TempPathFactory) -> It
     box = None
     try:
         box = make_box(root / "box", hub, rtsp_server, MOUNTS)
+        for cam in (1, 2):  # these tests make more requests than the owner's default 4 per hour
+            box.cli("consent", "set", str(cam), "--quota", "100")
         yield hub, box
     finally:
         if box is not None:
@@ -187,3 +195,51 @@ def test_a_notice_is_answered_by_the_owner_with_a_share(world: tuple[HubThread, 
         assert [e["details"]["reason"] for e in holds] == ["share"]
     finally:
         box.cli("consent", "set", "2", "--level", "integrated")
+
+
+def sealed_records(path: Path) -> list[bytes]:
+    data, out, at = path.read_bytes(), [], 0
+    while at < len(data):
+        n = int.from_bytes(data[at : at + 4], "big")
+        out.append(data[at + 4 : at + 4 + n])
+        at += 4 + n
+    return out
+
+
+def test_what_crosses_the_wire_is_opaque_and_every_session_has_its_own_key(
+    world: tuple[HubThread, Box],
+) -> None:
+    """A relay between the box and the viewer (the hub's transport, with TLS stripped) sees the session header
+    and sealed frames only: not one frame decodes, the key does not open with any other viewer key, and two
+    sessions of the same camera share no key and no ciphertext."""
+    hub, box = world
+    seen = []
+    for _ in range(2):
+        result = hub.request(box.device_id, [1])
+        assert result.accepted, result.decision
+        first_fragment(hub, result, 1)
+        time.sleep(0.3)
+        hub.call(hub.hub.media.stop(result.session, 1))
+        ended(hub, result, 1)
+        assert result.expected is not None
+        records = sealed_records(result.expected.streams[1].directory / SEALED_FILE)
+        header, frames = json.loads(records[0]), records[1:]
+        opened = video(result, 1).read_bytes()
+        assert len(frames) >= 3 and sum(len(f) - media.HEADER_BYTES - media.TAG_BYTES for f in frames) == len(
+            opened
+        )
+        seen.append((header, frames, opened))
+        relay = b"".join(frames)
+        for box_type in (b"ftyp", b"moov", b"moof", b"mdat", b"avcC"):
+            assert box_type not in relay, f"{box_type!r} in the clear on the wire"
+        with pytest.raises(av.error.FFmpegError), av.open(io.BytesIO(relay), "r") as c:  # no video in it
+            list(c.decode(video=0))
+        wrapped = jws.b64url_decode(header["wrapped_key"])
+        assert wrapped is not None
+        with pytest.raises(media.MediaError):
+            media.unwrap_key(wrapped, X25519PrivateKey.generate(), device_id=box.device_id, jti=result.jti)
+    (h1, f1, o1), (h2, f2, o2) = seen
+    assert h1["wrapped_key"] != h2["wrapped_key"]
+    assert o1[:200] == o2[:200], "both start with the same init segment (ftyp + moov)..."
+    assert f1[0][media.HEADER_BYTES :] != f2[0][media.HEADER_BYTES :], "...sealed under different keys"
+    assert not set(f1) & set(f2)

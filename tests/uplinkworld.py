@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import av
 import numpy as np
 
+from edge.hub.media import MediaHub
 from edge.hub.requests import RequestResult, make_request
 from edge.hub.server import RunningHub
 from edge.hub.state import HubState
@@ -40,7 +41,11 @@ class HubThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="hub-loop", daemon=True)
         self._thread.start()
-        self.hub: RunningHub = self.call(start_hub(self.state))
+        self.hub: RunningHub = self.call(self._start())
+
+    async def _start(self) -> RunningHub:
+        # keep_sealed: the hub also keeps each stream as it crossed the wire, to show what a relay would see.
+        return await start_hub(self.state, media=MediaHub(self.state, keep_sealed=True))
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

@@ -47,6 +47,7 @@ PATH: Final = "/v1/media/{session}/{camera}"
 SESSIONS_DIR: Final = "sessions"
 VIDEO_FILE: Final = "video.mp4"
 HEADER_FILE: Final = "header.json"
+SEALED_FILE: Final = "sealed.bin"  # keep_sealed: what a relay sees (header text, then the frames as sent)
 END_FILE: Final = "end.json"
 EXPECT_S: Final = 60.0  # an expectation with no connection by then is dropped (404 afterwards)
 HEADER_TIMEOUT_S: Final = 10.0
@@ -277,12 +278,16 @@ class MediaHub:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         clock_ns: Callable[[], int] = time.time_ns,
         mono_ns: Callable[[], int] = time.monotonic_ns,
+        keep_sealed: bool = False,
     ) -> None:
         self.state = state
         self.root = state.data_dir / SESSIONS_DIR
         self.expect_s = expect_s
         self.header_timeout_s = header_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        # Also keep each stream exactly as it crossed the wire, as a relay between box and viewer would see it
+        # (each record: u32 big-endian length, then the bytes; the first is the session header's text).
+        self.keep_sealed = keep_sealed
         self._clock_ns = clock_ns
         self._mono_ns = mono_ns
         self._streams: dict[tuple[str, int], CameraStream] = {}
@@ -413,6 +418,7 @@ class _Receiver:
         self.first_ns: int | None = None
         self.box_end: dict[str, Any] | None = None
         self.file: IO[bytes] | None = None
+        self.sealed: IO[bytes] | None = None
 
     async def run(self) -> EndRecord:
         stream = self.stream
@@ -488,6 +494,9 @@ class _Receiver:
         key = media.unwrap_key(wrapped, viewer, device_id=expected.device_id, jti=expected.jti)
         opener = media.FrameOpener(key, media.stream_id(expected.jti, stream.camera))
         del key
+        if self.hub.keep_sealed:
+            self.sealed = await asyncio.to_thread(open, stream.directory / SEALED_FILE, "xb")
+            await self._keep(msg.data.encode())
         saved = {k: v for k, v in header.items() if k != "wrapped_key"}
         saved["connected_utc_ns"] = self.hub._clock_ns()
         await _write_json(stream.directory / HEADER_FILE, saved)
@@ -521,6 +530,7 @@ class _Receiver:
                 log.warning("media: camera %d sent nothing for %g s", stream.camera, self.hub.idle_timeout_s)
                 return
             if msg.type == WSMsgType.BINARY:
+                await self._keep(msg.data)
                 seq = opener.seq
                 payload = opener.open(msg.data)
                 self.frames += 1
@@ -558,7 +568,14 @@ class _Receiver:
             )  # fmt: skip
         return True
 
+    async def _keep(self, data: bytes) -> None:
+        if self.sealed is not None:
+            await asyncio.to_thread(self.sealed.write, len(data).to_bytes(4, "big") + data)
+
     async def _close_file(self) -> None:
+        sealed, self.sealed = self.sealed, None
+        if sealed is not None:
+            await asyncio.to_thread(sealed.close)
         f, self.file = self.file, None
         if f is not None:
 
