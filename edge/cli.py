@@ -27,11 +27,6 @@ from edge.logsetup import configure_logging
 from edge.redact import Redactor, redact_url
 
 DEFAULT_CONFIG = Path("/etc/edge/edge.toml")
-DEMO_CAMERAS = (
-    ("Front door (synthetic)", "synthetic:?w=1280&h=720&fps=15&gop=2&color=2060c0"),
-    ("Yard (synthetic)", "synthetic:?w=640&h=360&fps=25&gop=1&color=30a040"),
-    ("Till (synthetic)", "synthetic:?w=320&h=240&fps=10&gop=4&color=c04030"),
-)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -143,7 +138,8 @@ def _run_daemon(
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    data_dir = (args.data_dir or Path(tempfile.mkdtemp(prefix="edge-demo-"))).resolve()
+    root = (args.data_dir or Path(tempfile.mkdtemp(prefix="edge-demo-"))).resolve()
+    data_dir, hub_dir = root, root.with_name(root.name + "-hub")
     base = load_config(None)
     config = replace(
         base,
@@ -152,21 +148,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ),
         log=replace(base.log, level="warning"),
     )
-    from edge.store import Store
+    from edge import demo  # both parties: the box and a local police hub
 
-    store = Store.open(data_dir)
-    if not store.cameras():
-        for name, url in DEMO_CAMERAS:
-            store.add_camera(
-                name=name,
-                url=url,
-                username=None,
-                password_blob=None,
-                max_age_s=None,
-                now_utc_ns=time.time_ns(),
-            )
-    store.close()
-    _out(f"edge demo: recording 3 synthetic cameras into {data_dir}")
+    _out(f"edge demo: recording 3 synthetic cameras into {data_dir}, with a local police hub")
     _out("Ctrl-C stops it cleanly.\n")
 
     async def ticker(daemon: Any) -> None:
@@ -175,9 +159,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             await asyncio.sleep(args.every_s)
             _print_status(await daemon.camera_table())
 
-    _run_daemon(config, on_tick=ticker, duration_s=args.duration_s)
-    _out(f"\nstopped. Recordings are in {data_dir / 'recordings'}")
+    demo.run(config, hub_dir=hub_dir, duration_s=args.duration_s, tick=ticker, say=_out)
+    _out(f"\nstopped. Recordings are in {data_dir / 'recordings'}; what the hub received is in {hub_dir}")
     _out(f"export a clip:  edge --data-dir {data_dir} export --camera 1 --from -30s --to now -o clip.mp4")
+    _out(f"the audit log:  edge --data-dir {data_dir} audit show")
     return 0
 
 
@@ -592,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT").set_defaults(fn=cmd_run)
 
-    d = sub.add_parser("demo", help="record three synthetic cameras into a fresh directory")
+    d = sub.add_parser("demo", help="three synthetic cameras and a local police hub, in a fresh directory")
     d.add_argument("--duration-s", type=float, help="stop after this long (default: until Ctrl-C)")
     d.add_argument("--every-s", type=float, default=5.0, help="status table interval")
     d.set_defaults(fn=cmd_demo)

@@ -105,15 +105,22 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1 and "storage.budgit" in proc.stderr
 
 
-def test_demo_records_three_cameras_and_stops_cleanly(tmp_path: Path) -> None:
+def test_demo_records_three_cameras_serves_its_local_hub_and_stops_cleanly(tmp_path: Path) -> None:
     data = tmp_path / "demo"
     proc = subprocess.run(
-        [*EDGE, "--data-dir", str(data), "demo", "--duration-s", "7", "--every-s", "3"],
+        [*EDGE, "--data-dir", str(data), "demo", "--duration-s", "16", "--every-s", "3"],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stderr
+    # The local hub: the integrated camera's live view and recent footage arrive decrypted and decode; the
+    # private camera is refused as if it did not exist.
+    saved = re.findall(r"hub:   camera 1: (\d+) bytes decrypted \((\w+)\) → (\S+)", proc.stdout)
+    assert [reason for _, reason, _ in saved] == ["hub_closed", "complete"], proc.stdout
+    for _, _, video in saved:
+        assert decodes(Path(video)) is None
+    assert "live view of camera 3 (private): refused (no_such_camera)" in proc.stdout
     tables = proc.stdout.split(" UTC\n")
     last = tables[-1]
     assert len(re.findall(r"\brecording\b", last)) == 3, proc.stdout
