@@ -33,6 +33,7 @@ from edge.store import Camera, Store
 from edge.uplink import pairing, registry
 from edge.uplink.control import ControlClient, HubCosignature, control_url
 from edge.uplink.gate import Gate, Outcome
+from edge.uplink.keyset import KeysetError
 from edge.uplink.request import Refused, verify_token
 from edge.uplink.sessions import Sessions, Uplink
 
@@ -92,6 +93,7 @@ class Daemon:
         self._audit: AuditLog | None = None
         self._last_checkpoint_ns = 0
         self._control: ControlClient | None = None
+        self._gate: Gate | None = None
         self._sessions: Sessions | None = None
         self._paired_as: tuple[str, str] | None = None  # (hub URL, client certificate) the uplink runs with
         self.ready = asyncio.Event()
@@ -275,10 +277,11 @@ class Daemon:
         gate = await self._db(
             lambda: Gate(store, ident, keys, open_sessions=sessions.open_cameras, on_accept=sessions.reserve)
         )
-        self._sessions, self._paired_as = sessions, wanted
+        self._sessions, self._paired_as, self._gate = sessions, wanted, gate
         self._control = ControlClient(
             control_url(paired.hub_url), ssl_context, device_id=device_id, gate=gate,
             executor=self._db_pool, on_accepted=self._on_accepted, on_cosignature=self._on_cosignature,
+            on_keyset=self._on_keyset,
             clock_ns=self._clock.now_utc_ns, witness_name=paired.witness_name, witness_key=paired.witness_key,
         )  # fmt: skip
         self._control.start()
@@ -338,7 +341,7 @@ class Daemon:
 
     async def _stop_uplink(self) -> None:
         control, sessions = self._control, self._sessions
-        self._control, self._sessions, self._paired_as = None, None, None
+        self._control, self._sessions, self._paired_as, self._gate = None, None, None, None
         if sessions is not None:
             await sessions.close()
         if control is not None:
@@ -361,6 +364,21 @@ class Daemon:
         log.info(
             "the hub cosigned checkpoint %d%s", cosig.size, unverified, extra={"event": "audit.cosigned"}
         )
+
+    async def _on_keyset(self, token: str) -> None:
+        """The hub's key set, sent on every connection and after a rotation: pinned if it is newer and
+        signed by a pinned key; from then on requests are checked against it."""
+        gate, now = self._gate, self._clock.now_utc_ns()
+        if gate is None:
+            return
+        try:
+            pinned = await self._db(lambda: gate.accept_keyset(token, now_utc_ns=now))
+        except KeysetError as e:
+            log.warning("the hub's key set was refused: %s", e.message, extra={"event": "hub.keys.refused"})
+            return
+        if pinned is not None:
+            kids = ", ".join(sorted(pinned.keys))
+            log.info("hub key set version %d pinned (%s)", pinned.version, kids, extra={"event": "hub.keys"})
 
     async def _checkpoint_for_hub(self) -> None:
         """Sign a checkpoint and hand it to the hub to cosign (session start and end)."""

@@ -114,8 +114,8 @@ async def pair(state: HubState, hub_url: str, data: Path) -> PairedBox:
     return PairedBox(data, identity, await asyncio.to_thread(pin))
 
 
-def request_token(state: HubState, device_id: str, nonce: str, **over: Any) -> str:
-    """A valid live request for camera 1 (door), signed with the hub's first current key."""
+def request_token(state: HubState, device_id: str, nonce: str, *, kid: str | None = None, **over: Any) -> str:
+    """A valid live request for camera 1 (door), signed with the hub's first current key (or ``kid``'s)."""
     now = int(time.time())
     viewer = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     claims: dict[str, Any] = {
@@ -126,5 +126,5 @@ def request_token(state: HubState, device_id: str, nonce: str, **over: Any) -> s
         "viewer_key": jws.b64url_encode(viewer), "dev_nonce": nonce,
     }  # fmt: skip
     claims |= over
-    kid = state.current_kids()[0]
+    kid = kid or state.current_kids()[0]
     return sign_token(claims, kid=kid, key=state.signing_key(kid))

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import random
+import socket
 import ssl
 import struct
 import time
@@ -229,9 +230,9 @@ def test_the_box_refuses_a_hub_not_certified_by_the_pinned_root(hub_state: HubSt
 # --- staying connected --------------------------------------------------------------------------------------
 
 
-def test_heartbeat_loss_reconnects_with_backoff(hub_state: HubState, tmp_path: Path) -> None:
-    """The hub says nothing for 3 of the box's heartbeat intervals: the box drops the connection and comes
-    back after jittered, growing delays."""
+def test_heartbeat_loss_reconnects(hub_state: HubState, tmp_path: Path) -> None:
+    """The hub says nothing but its key set for 3 of the box's heartbeat intervals: the box drops the
+    connection and comes back after a short jittered delay (the hub spoke on it: the backoff restarts)."""
 
     async def scenario(w: World) -> None:
         t0 = time.perf_counter()
@@ -240,13 +241,37 @@ def test_heartbeat_loss_reconnects_with_backoff(hub_state: HubState, tmp_path: P
         took = time.perf_counter() - t0
         assert client.connections >= 4
         delays = list(client.delays)[:3]
-        for attempt, delay in enumerate(delays, start=1):
-            step = min(FAST.max_s, FAST.initial_s * 2**attempt)
-            assert step / 2 <= delay <= step, (attempt, delay)
+        assert all(FAST.initial_s / 2 <= d <= FAST.initial_s for d in delays), delays
         assert len(set(delays)) == len(delays)  # jittered
         assert took < 3
 
     run(hub_state, tmp_path, scenario, heartbeat_s=60.0)
+
+
+def test_an_unreachable_hub_is_retried_with_growing_jittered_delays(
+    hub_state: HubState, tmp_path: Path
+) -> None:
+    async def scenario(w: World) -> None:
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            dead = s.getsockname()[1]
+        assert w.box.gate is not None
+        client = ControlClient(
+            f"wss://127.0.0.1:{dead}/v1/control", w.box.ssl_context(), device_id=w.box.device_id,
+            gate=w.box.gate, executor=w.box.db, backoff=FAST, rng=random.Random(7),
+        )  # fmt: skip
+        client.start()
+        try:
+            while len(client.delays) < 4:
+                await asyncio.sleep(0.05)
+        finally:
+            await client.close()
+        for attempt, delay in enumerate(list(client.delays)[:4], start=1):
+            step = min(FAST.max_s, FAST.initial_s * 2**attempt)
+            assert step / 2 <= delay <= step, (attempt, delay)
+        assert client.connections == 0
+
+    run(hub_state, tmp_path, scenario)
 
 
 def test_heartbeats_keep_a_quiet_channel_open(hub_state: HubState, tmp_path: Path) -> None:

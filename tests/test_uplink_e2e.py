@@ -23,6 +23,7 @@ from edge import jws
 from edge.hub.media import SEALED_FILE, EndRecord
 from edge.hub.requests import RequestResult
 from edge.uplink import media
+from tests.hubworld import request_token
 from tests.peers.rtsp_server import RtspPeer
 from tests.uplinkworld import Box, HubThread, decoded, make_box
 
@@ -243,3 +244,32 @@ def test_what_crosses_the_wire_is_opaque_and_every_session_has_its_own_key(
     assert o1[:200] == o2[:200], "both start with the same init segment (ftyp + moov)..."
     assert f1[0][media.HEADER_BYTES :] != f2[0][media.HEADER_BYTES :], "...sealed under different keys"
     assert not set(f1) & set(f2)
+
+
+def test_rotated_hub_keys_reach_the_box_at_once_and_a_retired_key_is_refused(
+    world: tuple[HubThread, Box],
+) -> None:
+    hub, box = world
+    old = hub.state.current_kids()[0]
+
+    async def rotate() -> list[str]:
+        await asyncio.to_thread(hub.state.rotate_keys, add=1, retire=[old], now_utc_ns=time.time_ns())
+        return await hub.hub.control.push_keyset()
+
+    assert hub.call(rotate()) == [box.device_id]
+    version = hub.state.keyset_claims()["version"]
+    deadline = time.monotonic() + 5
+    while not [e for e in box.audit("hub.keys.changed") if e["details"].get("version") == version]:
+        assert time.monotonic() < deadline, box.audit("hub.keys.changed")
+        time.sleep(0.1)
+    fresh = hub.request(box.device_id, [2], max_dur=1)  # signed with the new key
+    assert fresh.accepted, fresh.decision
+    ended(hub, fresh, 2)
+
+    async def with_retired_key() -> dict[str, object]:
+        nonce = await hub.hub.control.ask_nonce(box.device_id)
+        token = request_token(hub.state, box.device_id, nonce, kid=old)
+        return await hub.hub.control.send_request(box.device_id, token)
+
+    decision = hub.call(with_retired_key())
+    assert (decision["decision"], decision["code"]) == ("refused", "unknown_key")

@@ -34,7 +34,7 @@ from edge.errors import Error
 from edge.hub.control import ControlError, ControlHub
 from edge.hub.media import CameraStream, MediaHub
 from edge.hub.requests import RequestError, make_request
-from edge.hub.state import HubState
+from edge.hub.state import HubError, HubState
 from edge.uplink import controlwire as wire
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,26 @@ def make_admin_app(
             done.cancel()
         return response
 
+    async def rotate(request: web.Request) -> web.Response:
+        """Rotate the signing keys (``{"add": n, "retire": [kid, …]}``) and push the new set to every
+        connected box; the others get it when they next connect."""
+        try:
+            body = jws.json_object(await request.read(), "body")
+            add, retire = body.get("add", 1), body.get("retire", [])
+            if type(add) is not int or not 0 <= add <= 8:
+                raise AdminError("add is 0..8 new keys")
+            if not isinstance(retire, list) or not all(isinstance(k, str) for k in retire):
+                raise AdminError("retire is a list of kids")
+            await asyncio.to_thread(state.rotate_keys, add=add, retire=retire, now_utc_ns=time.time_ns())
+        except (AdminError, jws.JWSError, HubError) as e:
+            return _error(400, "bad_request", e.message)
+        pushed = await control.push_keyset()
+        claims = await asyncio.to_thread(state.keyset_claims)
+        reply = {"version": claims["version"], "kids": sorted(state.current_kids()),
+                 "fingerprint": state.keyset_fingerprint(), "pushed_to": pushed}  # fmt: skip
+        return web.json_response(reply)
+
+    app.router.add_post("/v1/admin/keys/rotate", rotate)
     app.router.add_get("/v1/admin/devices", devices)
     app.router.add_post("/v1/admin/request", request)
     return app

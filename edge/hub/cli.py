@@ -67,6 +67,14 @@ def add_parsers(sub: Any) -> None:
     )
     s.set_defaults(fn=cmd_serve)
 
+    k2 = hub.add_parser("rotate-keys", help="a new signing key set, pushed to every connected box")
+    k2.add_argument("--data", type=Path, required=True)
+    k2.add_argument("--add", type=int, default=1, help="new keys to add (default 1)")
+    k2.add_argument(
+        "--retire", action="append", default=[], metavar="KID", help="a kid to drop (boxes revoke it)"
+    )
+    k2.set_defaults(fn=cmd_rotate_keys)
+
     r = hub.add_parser("request", help="send an emergency request through a running `edge hub serve`")
     r.add_argument("--data", type=Path, required=True)
     r.add_argument("--device", required=True, help="the box's device id")
@@ -176,6 +184,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def cmd_rotate_keys(args: argparse.Namespace) -> int:
+    """Through the running hub (it pushes the set to the boxes at once); without one, in its directory (boxes
+    get the set when they next connect)."""
+    from edge.hub.admin import SOCKET_FILE
+    from edge.hub.state import HubState
+
+    sock = args.data / SOCKET_FILE
+    if sock.exists():
+        reply = asyncio.run(
+            _admin_post(sock, "/v1/admin/keys/rotate", {"add": args.add, "retire": args.retire})
+        )
+        if "error" in reply:
+            raise Error(str(reply.get("detail", reply["error"])))
+        pushed = ", ".join(reply["pushed_to"]) or "no box connected"
+        _out(f"key set version {reply['version']}: {', '.join(reply['kids'])}; pushed to {pushed}")
+        return 0
+    state = HubState(args.data)
+    state.rotate_keys(add=args.add, retire=args.retire, now_utc_ns=time.time_ns())
+    claims = state.keyset_claims()
+    _out(f"key set version {claims['version']}: {', '.join(state.current_kids())}")
+    _out("the hub is not running: boxes get the new set when they next connect")
+    return 0
+
+
+async def _admin_post(sock: Path, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s,
+        s.post(f"http://hub{path}", json=body, timeout=aiohttp.ClientTimeout(total=30)) as resp,
+    ):
+        reply: dict[str, Any] = await resp.json()
+        return reply
 
 
 def cmd_request(args: argparse.Namespace) -> int:

@@ -132,6 +132,16 @@ class ControlHub:
             for k in keys:
                 dev.decisions.pop(k, None)
 
+    async def push_keyset(self) -> list[str]:
+        """Send the current key set to every connected box (after a rotation); the ones it went to."""
+        token = await asyncio.to_thread(self.state.keyset)
+        sent = []
+        for dev in list(self._devices.values()):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await dev.send({"type": "keyset", "token": token})
+                sent.append(dev.device_id)
+        return sent
+
     async def send_raw(self, device_id: str, data: str | bytes) -> None:
         """Send any frame as is (for tests of the box's robustness)."""
         dev = self._device(device_id)
@@ -231,6 +241,8 @@ class ControlHub:
         if old is not None:
             await old.ws.close(code=wire.CLOSE_REPLACED, message=b"replaced by a newer connection")
         log.info("control: %s connected (box %s)", dev.device_id, version)
+        # The current key set on every connection: a box that was away during a rotation catches up.
+        await dev.send({"type": "keyset", "token": await asyncio.to_thread(self.state.keyset)})
 
     async def _handle(self, dev: _Device, message: dict[str, Any]) -> None:
         kind = message["type"]

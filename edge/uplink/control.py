@@ -100,6 +100,7 @@ class ControlClient:
         executor: Executor,
         on_accepted: Callback[Outcome] | None = None,
         on_cosignature: Callback[HubCosignature] | None = None,
+        on_keyset: Callback[str] | None = None,
         witness_name: str | None = None,
         witness_key: bytes | None = None,
         version: str = __version__,
@@ -117,6 +118,7 @@ class ControlClient:
         self._executor = executor
         self._on_accepted = on_accepted
         self._on_cosignature = on_cosignature
+        self._on_keyset = on_keyset
         self._witness = (witness_name, witness_key) if witness_name and witness_key else None
         self.version = version
         self.heartbeat_s = heartbeat_s
@@ -297,6 +299,12 @@ class ControlClient:
             elif kind == "request":
                 token = wire.field(message, "token", str, max_chars=wire.MAX_MESSAGE_BYTES)
                 self._spawn(self._answer_request(token))
+            elif kind == "keyset":
+                # The hub's signing key set (docs/protocol.md §3), sent on every connection and after a
+                # rotation; the callback checks it against the pinned set and pins it if it is newer.
+                keyset = wire.field(message, "token", str, max_chars=wire.MAX_MESSAGE_BYTES)
+                if self._on_keyset is not None:
+                    self._spawn(_call(self._on_keyset, keyset))
             elif kind == "cosignature":
                 size = wire.field(message, "size", int)
                 line = wire.field(message, "line", str, max_chars=1024)

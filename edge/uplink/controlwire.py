@@ -47,7 +47,7 @@ CLOSE_REPLACED: Final = 4001  # the same device connected again; the older conne
 
 BOX_TYPES: Final = frozenset({"hello", "heartbeat", "nonce", "decision", "checkpoint", "registry"})
 HUB_TYPES: Final = frozenset(
-    {"heartbeat", "nonce_request", "request", "cosignature", "registry_ack", "error"}
+    {"heartbeat", "nonce_request", "request", "cosignature", "registry_ack", "keyset", "error"}
 )
 
 COSIGNATURE_HEADER: Final = b"cosignature/v1\n"

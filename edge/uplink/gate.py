@@ -23,8 +23,10 @@ from edge.consent import CameraPolicy, Decision, Usage, decide
 from edge.identity import DeviceIdentity
 from edge.owner import killswitch_engaged
 from edge.store import Store
+from edge.uplink import pairing
 from edge.uplink.claims import MAX_TOKEN_BYTES, AccessRequest
 from edge.uplink.guard import ReplayGuard
+from edge.uplink.keyset import KeysetError, PinnedKeyset
 from edge.uplink.media import session_handle
 from edge.uplink.request import HubKeys, Refused, verify_token
 
@@ -97,6 +99,19 @@ class Gate:
         self._open_sessions = open_sessions
         self._on_accept = on_accept
         self._actor = actor or f"hub:{hub.hub_id}"
+
+    def accept_keyset(self, token: str, *, now_utc_ns: int) -> PinnedKeyset | None:
+        """A key set the hub pushed: None if it is the one pinned already; else (newer, signed by a pinned
+        key, no revoked kid back) pinned and logged (``hub.keys.changed``), and requests are checked against
+        it from the next one on. :class:`KeysetError` (nothing changes) for anything else."""
+        current = pairing.load(self.store)
+        if current is None:
+            raise KeysetError("wrong_hub", "not paired with a hub")
+        if current.keyset.jws == token:
+            return None
+        rotated = pairing.rotate(self.store, token, actor=self._actor, now_utc_ns=now_utc_ns)
+        self.hub = rotated.hub_keys()
+        return rotated.keyset
 
     def issue_nonce(self, *, now_utc_ns: int) -> str:
         return self.guard.issue_nonce(now_utc_ns=now_utc_ns)
