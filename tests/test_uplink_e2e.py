@@ -135,6 +135,10 @@ def test_the_owner_ends_a_live_session_within_a_second(world: tuple[HubThread, B
         assert not again.accepted and again.code == (
             "killswitch" if how == "killswitch" else "no_such_camera"
         )
+        time.sleep(0.3)
+        assert not (again.directory / "1").exists(), "a refused request opens no media connection"
+        refusals = [e for e in box.audit("request.refused") if e["request"] == again.jti]
+        assert [e["details"]["code"] for e in refusals] == [again.code]
     finally:
         if how == "killswitch":
             box.cli("killswitch", "--release")
