@@ -262,7 +262,7 @@ def test_rotated_hub_keys_reach_the_box_at_once_and_a_retired_key_is_refused(
 
     assert hub.call(rotate()) == [box.device_id]
     version = hub.state.keyset_claims()["version"]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while not [e for e in box.audit("hub.keys.changed") if e["details"].get("version") == version]:
         assert time.monotonic() < deadline, box.audit("hub.keys.changed")
         time.sleep(0.1)
@@ -277,3 +277,18 @@ def test_rotated_hub_keys_reach_the_box_at_once_and_a_retired_key_is_refused(
 
     decision = hub.call(with_retired_key())
     assert (decision["decision"], decision["code"]) == ("refused", "unknown_key")
+
+
+def test_a_box_stopping_ends_its_sessions_cleanly(world: tuple[HubThread, Box]) -> None:
+    hub, box = world
+    result = hub.request(box.device_id, [1])
+    assert result.accepted, result.decision
+    first_fragment(hub, result, 1)
+    assert box.daemon.stop() == 0
+    try:
+        record = ended(hub, result, 1, timeout=20)
+        assert record.complete and record.box_end is not None and record.box_end["reason"] == "box_stopping"
+        (entry,) = [e for e in box.audit("session.ended") if e["request"] == result.jti]
+        assert entry["details"]["reason"] == "box_stopping"
+    finally:
+        box.daemon.start(wait_recording=len(MOUNTS))

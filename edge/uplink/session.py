@@ -47,7 +47,16 @@ from edge.uplink.claims import AccessRequest
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S: Final = 10.0
-REASONS: Final = ("complete", "max_dur", "killswitch", "withdrawn", "camera_lost", "hub_closed", "error")
+REASONS: Final = (
+    "complete",
+    "max_dur",
+    "killswitch",
+    "withdrawn",
+    "camera_lost",
+    "hub_closed",
+    "box_stopping",
+    "error",
+)
 _DONE: Final = object()
 
 
@@ -299,7 +308,9 @@ class MediaStream:
             except SessionError as e:
                 reason, detail = (e.kind if e.kind in REASONS else "error"), e.message
             except (aiohttp.ClientError, OSError, TimeoutError, media.MediaError, Error) as e:
-                reason, detail = "error", _describe(e)
+                # A send that fails because the hub closed meanwhile is the hub's close, not a fault.
+                hub_gone = self._ws is not None and self._ws.closed and not isinstance(e, media.MediaError)
+                reason, detail = ("hub_closed", "") if hub_gone else ("error", _describe(e))
             await self._finish(reason)
         finally:
             self.source.close()

@@ -156,9 +156,9 @@ class Sessions:
         return dict(self._streams)
 
     async def close(self) -> None:
-        """The box is stopping: end every stream (reason ``error``, final frame sent, logged)."""
+        """The box is stopping: end every stream (reason ``box_stopping``, final frame sent, logged)."""
         for s in self._streams.values():
-            s.stop("error")
+            s.stop("box_stopping")
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._watcher is not None:
             self._watcher.cancel()
