@@ -4,10 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # What the tests need from Debian: the real RTSP server (GStreamer), ffmpeg/ffprobe as the peer and judge,
-# strace for the write-order proof, iproute2 for network namespaces.
+# strace for the write-order proof, iproute2 for network namespaces, Chromium to play the hub console's video.
 APT_TEST := ffmpeg strace iproute2 procps python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
-	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x chromium
 
 .PHONY: demo test lint bench apt-test venv clean
 

@@ -32,8 +32,8 @@ from aiohttp import web
 from edge import jws
 from edge.errors import Error
 from edge.hub.control import ControlError, ControlHub
-from edge.hub.media import CameraStream, MediaHub
-from edge.hub.requests import RequestError, make_request
+from edge.hub.media import CameraStream, Expected, MediaHub
+from edge.hub.requests import RequestError, RequestResult, make_request
 from edge.hub.state import HubError, HubState
 from edge.uplink import controlwire as wire
 
@@ -56,38 +56,13 @@ def make_admin_app(
     app = web.Application(client_max_size=MAX_BODY_BYTES)
 
     async def devices(_request: web.Request) -> web.Response:
-        connected = set(control.connected())
-        rows = await asyncio.to_thread(state.devices)
-        shared = {r.device_id: r.doc.get("cameras", []) for r in await asyncio.to_thread(state.registries)}
-        return web.json_response(
-            {
-                "devices": [
-                    {
-                        "device_id": d.device_id,
-                        "box_version": d.box_version,
-                        "enrolled_utc_ns": d.enrolled_utc_ns,
-                        "connected": d.device_id in connected,
-                        "cameras": shared.get(d.device_id, []),
-                    }
-                    for d in rows
-                ]
-            }
-        )
+        return web.json_response({"devices": await device_list(state, control)})
 
     async def request(request: web.Request) -> web.StreamResponse:
         try:
-            body = _body(await request.read())
+            body = parse_request_body(await request.read())
             stop_after_s = _stop_after(body.get("stop_after_s"))
-            if "lat" not in body["incident"] and "lon" not in body["incident"] and body["cameras"]:
-                position = await asyncio.to_thread(_position, state, body["device"], body["cameras"][0])
-                body["incident"] = {**body["incident"], "lat": position[0], "lon": position[1]}
-            result = await make_request(
-                state, control, media,
-                device_id=body["device"], cameras=body["cameras"], mode=body["mode"],
-                from_s=body.get("from"), to_s=body.get("to"), max_dur=body["max_dur"], case=body["case"],
-                reason=body["reason"], sub=body["sub"], incident=body["incident"],
-                ttl_s=body.get("ttl_s", 120), clock_s=clock_s,
-            )  # fmt: skip
+            result = await request_from_body(state, control, media, body, clock_s=clock_s)
         except (RequestError, AdminError) as e:
             return _error(400, "bad_request", e.message)
         except ControlError as e:
@@ -147,6 +122,47 @@ def make_admin_app(
     return app
 
 
+async def device_list(state: HubState, control: ControlHub) -> list[dict[str, Any]]:
+    """Every enrolled device, connected or not, with its latest registry's cameras ([] before it sent one)."""
+    connected = set(control.connected())
+    rows = await asyncio.to_thread(state.devices)
+    shared = {r.device_id: r.doc.get("cameras", []) for r in await asyncio.to_thread(state.registries)}
+    return [
+        {
+            "device_id": d.device_id,
+            "box_version": d.box_version,
+            "enrolled_utc_ns": d.enrolled_utc_ns,
+            "connected": d.device_id in connected,
+            "cameras": shared.get(d.device_id, []),
+        }
+        for d in rows
+    ]
+
+
+async def request_from_body(
+    state: HubState,
+    control: ControlHub,
+    media: MediaHub,
+    body: dict[str, Any],
+    *,
+    clock_s: Callable[[], float] = time.time,
+    on_expected: Callable[[Expected], None] | None = None,
+) -> RequestResult:
+    """Send the request a checked body (:func:`parse_request_body`) describes; an incident without
+    ``lat``/``lon`` takes the first camera's position from the box's registry. Raises :class:`AdminError`,
+    :class:`RequestError` or :class:`ControlError`."""
+    if "lat" not in body["incident"] and "lon" not in body["incident"] and body["cameras"]:
+        position = await asyncio.to_thread(_position, state, body["device"], body["cameras"][0])
+        body = {**body, "incident": {**body["incident"], "lat": position[0], "lon": position[1]}}
+    return await make_request(
+        state, control, media,
+        device_id=body["device"], cameras=body["cameras"], mode=body["mode"],
+        from_s=body.get("from"), to_s=body.get("to"), max_dur=body["max_dur"], case=body["case"],
+        reason=body["reason"], sub=body["sub"], incident=body["incident"],
+        ttl_s=body.get("ttl_s", 120), clock_s=clock_s, on_expected=on_expected,
+    )  # fmt: skip
+
+
 async def _follow(
     media: MediaHub,
     stream: CameraStream,
@@ -178,7 +194,8 @@ async def _close_when_done(
         events.put_nowait(None)
 
 
-def _body(raw: bytes) -> dict[str, Any]:
+def parse_request_body(raw: bytes) -> dict[str, Any]:
+    """The request body of ``POST /v1/admin/request``, every member checked; :class:`AdminError` otherwise."""
     try:
         body = jws.json_object(raw, "body")
     except jws.JWSError as e:

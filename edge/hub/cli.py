@@ -1,8 +1,9 @@
 """`edge hub keygen|enroll-code|serve|request`: the reference police hub (for tests, demos and hub vendors).
 
-``serve`` also listens on the admin socket ``<data>/hub.sock`` (:mod:`edge.hub.admin`); ``request`` talks to a
-running ``serve`` through it: sends an emergency request, prints the decision and where the video was saved
-(exit 0 video saved, 1 refused, 2 error).
+``serve`` also listens on the admin socket ``<data>/hub.sock`` (:mod:`edge.hub.admin`) and, with ``--console
+HOST:PORT``, serves the console page on that loopback address (:mod:`edge.hub.console`); ``request`` talks
+to a running ``serve`` through the socket: sends an emergency request, prints the decision and where the
+video was saved (exit 0 video saved, 1 refused, 2 error).
 
 Imports are inside the commands: registering them must not slow every other `edge` command down.
 
@@ -64,6 +65,11 @@ def add_parsers(sub: Any) -> None:
         action="append",
         default=[],
         help="another DNS name or IP address for the server certificate (repeatable)",
+    )
+    s.add_argument(
+        "--console",
+        metavar="HOST:PORT",
+        help="also serve the console web page on this loopback address, e.g. 127.0.0.1:8080",
     )
     s.set_defaults(fn=cmd_serve)
 
@@ -153,6 +159,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     state = HubState(args.data)
     host, port = parse_listen(args.listen)
+    console_at = None
+    if args.console is not None:
+        from edge.hub.console import check_loopback
+
+        console_host, console_port = parse_listen(args.console, "--console")
+        console_at = check_loopback(console_host), console_port
     names = ([] if host in ("0.0.0.0", "::") else [host]) + list(args.name)  # noqa: S104 - not a bind
     if not names:
         raise Error("listening on every address: name the server certificate with --name HOST")
@@ -162,10 +174,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         from edge.hub.admin import start_admin
+        from edge.hub.console import ConsoleServer, start_console
 
         hub = await server.start(state, host=host, port=port, ssl_context=ctx)
+        console: ConsoleServer | None = None
         try:
             admin = await start_admin(state, hub.control, hub.media)
+            if console_at is not None:
+                try:
+                    console = await start_console(
+                        state, hub.control, hub.media, host=console_at[0], port=console_at[1]
+                    )
+                except BaseException:
+                    await admin.close()
+                    raise
         except BaseException:
             await hub.close()
             raise
@@ -176,9 +198,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _out(f"hub {state.hub_id} ({state.agency}), root fingerprint {state.root_fingerprint}")
         _out(f"listening on {hub.url}")
         _out(f"admin socket {admin.path}")
+        if console is not None:
+            _out(f"console      {console.url}")
         try:
             await stop.wait()
         finally:
+            if console is not None:
+                await console.close()
             await admin.close()
             await hub.close()
 
@@ -344,10 +370,10 @@ def parse_seconds(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, option: str = "--listen") -> tuple[str, int]:
     m = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", text.strip())
     if not m or int(m.group(2)) > 65535:
-        raise Error(f"cannot read --listen {text!r}: use HOST:PORT, e.g. 127.0.0.1:8443")
+        raise Error(f"cannot read {option} {text!r}: use HOST:PORT, e.g. 127.0.0.1:8443")
     return m.group(1), int(m.group(2))
 
 

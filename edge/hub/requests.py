@@ -148,6 +148,7 @@ async def make_request(
     incident: Mapping[str, Any],
     ttl_s: int = 120,
     clock_s: Callable[[], float] = time.time,
+    on_expected: Callable[[Expected], None] | None = None,
 ) -> RequestResult:
     """Sign and send one request to ``device_id``; the decision and, if accepted, the streams to wait for.
     :class:`ControlError` if the box is not connected or gives no (valid) decision; :class:`RequestError` for
@@ -171,6 +172,8 @@ async def make_request(
     await asyncio.to_thread(_save, directory, {REQUEST_JWT: token.encode(), REQUEST_JSON: _json(claims)})
     meta = {"mode": mode, "case": case, "reason": reason, "sub": sub, "max_dur": max_dur}
     expected = media.expect(device_id, jti, claims["scope"]["cameras"], viewer, meta)
+    if on_expected is not None:  # e.g. a live viewer subscribing before the first fragment can come
+        on_expected(expected)
     del viewer  # the expectation holds the only reference now
     try:
         decision = await control.send_request(device_id, token)
