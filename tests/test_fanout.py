@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from fractions import Fraction
 from pathlib import Path
 
-from edge.recorder.fanout import MediaPacket
+import pytest
+
+from edge.recorder.fanout import Fanout, MediaPacket
 from tests.recordings import recording
 
 SYNTH_GOP2 = "synthetic:?w=320&h=240&fps=15&gop=2&color=00ff00"
@@ -55,3 +58,20 @@ async def test_slow_subscriber_is_dropped_and_recording_continues(tmp_path: Path
         assert len(rest) <= 4 + 30
         fast.close()
     assert cam.fanout.subscriber_count == 0
+
+
+async def test_a_cancelled_consumer_stops_even_if_a_packet_arrives_at_that_moment() -> None:
+    """A media session cancels its pump to end within a second. Python 3.11's asyncio.wait_for would hand the
+    pump the packet that arrived in the same loop iteration and swallow the cancellation (the pump then ran
+    on until max_dur); Subscription.next must raise CancelledError and leave the packet queued."""
+    fanout = Fanout(1)
+    sub = fanout.subscribe()
+    pkt = MediaPacket("video", b"\x00", 0, 0, 0, Fraction(1, 90000), True, 0)
+    for _ in range(20):
+        task = asyncio.create_task(sub.next(5))
+        await asyncio.sleep(0)  # the consumer now waits on the queue
+        sub.queue.put_nowait(pkt)  # its getter is resolved …
+        task.cancel()  # … and the cancellation comes in the same iteration
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert sub.queue.get_nowait() is pkt

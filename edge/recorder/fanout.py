@@ -107,7 +107,10 @@ class Subscription:
     async def next(self, timeout: float | None = None) -> MediaPacket | None:
         """The next packet, or None once the subscription is closed (``closed_reason`` says why);
         TimeoutError if none comes within ``timeout`` seconds."""
-        item = await asyncio.wait_for(self.queue.get(), timeout)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the item instead of raising when the
+        # caller is cancelled just as the item arrives, so a cancelled consumer would go on consuming.
+        async with asyncio.timeout(timeout):
+            item = await self.queue.get()
         if isinstance(item, _Closed):
             self._force(item)  # stays closed for later calls
             return None

@@ -367,7 +367,9 @@ class MediaStream:
         finally:
             for task in (pump, hub_closed):
                 task.cancel()
-            await asyncio.gather(pump, hub_closed, return_exceptions=True)
+            # Bounded: the session must end within a second whatever a task does with its cancellation; a
+            # pump still running would fail at its next frame (the final frame closes the sealer).
+            await asyncio.wait({pump, hub_closed}, timeout=0.5)
 
     async def _pump(self) -> None:
         while True:
