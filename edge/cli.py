@@ -200,7 +200,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(json.dumps(reply["cameras"], indent=2))
     else:
         _print_status(reply["cameras"])
+        _print_uplink(reply.get("uplink") or {})
     return 0
+
+
+def _print_uplink(up: dict[str, Any]) -> None:
+    if not up.get("paired"):
+        _out("\nuplink: not paired with a hub (edge pair)")
+        return
+    state = "connected to" if up.get("connected") else "not connected (retrying) to"
+    _out(f"\nuplink: {state} {up.get('hub')}")
+    for s in up.get("sessions", []):
+        _out(f"  sending camera {s['camera']} ({s['mode']}) for request {s['request']}: "
+             f"{s['frames']} frames, {fmt_bytes(s['bytes'])}")  # fmt: skip
 
 
 def _notify_daemon(data_dir: Path) -> None:

@@ -489,7 +489,18 @@ class Daemon:
         return {"cameras": len(self._recorders), "uplink": self._control is not None}
 
     async def _op_status(self, _req: dict[str, Any]) -> dict[str, Any]:
-        return {"cameras": await self.camera_table()}
+        return {"cameras": await self.camera_table(), "uplink": self.uplink_status()}
+
+    def uplink_status(self) -> dict[str, Any]:
+        """Paired or not, the control channel up or not, and what is being sent now."""
+        control, sessions, paired_as = self._control, self._sessions, self._paired_as
+        if control is None or sessions is None or paired_as is None:
+            return {"paired": False, "connected": False, "sessions": []}
+        streams = [
+            {"camera": cam, "mode": s.mode, "request": s.request.jti, "frames": s.frames, "bytes": s.bytes}
+            for cam, s in sorted(sessions.streams.items())
+        ]
+        return {"paired": True, "hub": paired_as[0], "connected": control.connected, "sessions": streams}
 
     async def snapshot(self, camera_id: int) -> bytes:
         fanout = self._fanouts.get(camera_id)

@@ -69,6 +69,10 @@ def test_live_request_brings_each_camera_to_the_hub(world: tuple[HubThread, Box]
     assert result.accepted, result.decision
     for cam in (1, 2):
         assert first_fragment(hub, result, cam) is not None
+    status = box.cli("status").stdout
+    assert f"uplink: connected to {hub.hub.url}" in status
+    assert f"sending camera 1 (live) for request {result.jti}" in status
+    assert f"sending camera 2 (live) for request {result.jti}" in status
     time.sleep(1.5)
     for cam in (1, 2):
         assert hub.call(hub.hub.media.stop(result.session, cam))
@@ -125,6 +129,9 @@ def test_the_owner_ends_a_live_session_within_a_second(world: tuple[HubThread, B
         box.cli("killswitch")
     else:
         box.cli("consent", "withdraw", "1")
+        # … and the hub's registry no longer lists it, at once.
+        reg = hub.state.registry(box.device_id)
+        assert reg is not None and [c["id"] for c in reg.doc["cameras"]] == [2]
     t0 = time.monotonic()
     try:
         record = ended(hub, result, 1, timeout=5)
