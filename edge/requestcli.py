@@ -33,7 +33,12 @@ def add_parsers(sub: Any, load: Loader, parse_time: Callable[[str, int], int]) -
     r.set_defaults(fn=lambda a: cmd_requests(a, load))
 
     s = sub.add_parser("share", help="answer a notice: send police a clip of a registered camera")
-    s.add_argument("--request", required=True, metavar="JTI", help="the request id (edge requests --notices)")
+    s.add_argument(
+        "--request",
+        required=True,
+        metavar="JTI",
+        help="the request id, as --request=JTI (edge requests --notices)",
+    )
     s.add_argument("--camera", type=int, required=True)
     s.add_argument("--from", dest="from_", required=True, metavar="T", help="start (ISO 8601 UTC, -10m …)")
     s.add_argument("--to", required=True, metavar="T", help="end")
@@ -70,7 +75,8 @@ def cmd_requests(args: argparse.Namespace, load: Loader) -> int:
         for s in r.sessions:
             _out(f"    sent camera {s.get('camera')}: {s.get('bytes', 0)} bytes, {s.get('reason')}")
         if r.notice:
-            _out(f"    a notice: answer it with  edge share --request {r.jti} --camera {r.camera or cams}"
+            # --request=JTI, not a space: a jti may start with "-", which argparse takes for an option.
+            _out(f"    a notice: answer it with  edge share --request={r.jti} --camera {r.camera or cams}"
                  " --from … --to …")  # fmt: skip
     return 0
 

@@ -205,19 +205,21 @@ def test_a_notice_is_answered_by_the_owner_with_a_share(world: tuple[HubThread, 
             "2026/0042",
             "crime_in_progress",
         )
-        assert "edge share --request" in box.cli("requests", "--notices").stdout
+        # The hint uses --request=JTI: a jti is base64url and may start with "-", which argparse would
+        # take for an option after a space (seen in CI).
+        assert f"edge share --request={result.jti} --camera 2" in box.cli("requests", "--notices").stdout
 
         wrong = box.cli(
-            "share", "--request", result.jti, "--camera", "1", "--from", "-4s", "--to", "-1s", check=False
+            "share", f"--request={result.jti}", "--camera", "1", "--from", "-4s", "--to", "-1s", check=False
         )
         assert wrong.returncode != 0 and "is not a notice for camera 1" in wrong.stderr
         unknown = box.cli(
-            "share", "--request", "nope", "--camera", "2", "--from", "-4s", "--to", "-1s", check=False
+            "share", "--request=nope", "--camera", "2", "--from", "-4s", "--to", "-1s", check=False
         )
         assert unknown.returncode != 0 and "no request nope" in unknown.stderr
 
         out = box.cli(
-            "share", "--request", result.jti, "--camera", "2", "--from", "-4s", "--to", "-1s"
+            "share", f"--request={result.jti}", "--camera", "2", "--from", "-4s", "--to", "-1s"
         ).stdout
         assert "Metropolitan Police" in out
         record = ended(hub, result, 2, timeout=30)
