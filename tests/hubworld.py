@@ -10,6 +10,7 @@ import asyncio
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,3 +129,36 @@ def request_token(state: HubState, device_id: str, nonce: str, *, kid: str | Non
     claims |= over
     kid = kid or state.current_kids()[0]
     return sign_token(claims, kid=kid, key=state.signing_key(kid))
+
+
+def run_world(
+    make: Callable[[HubState, server.RunningHub, PairedBox], Any],
+    state: HubState,
+    tmp_path: Path,
+    scenario: Callable[[Any], Awaitable[None]],
+    **hub_kw: Any,
+) -> None:
+    """A hub and a box paired with it, in one event loop; ``make`` builds the test's world from them (it has
+    ``hub`` and ``client`` attributes); the scenario gets 20 s; everything is closed afterwards."""
+
+    async def main() -> None:
+        hub = await start_hub(state, **hub_kw)
+        box = await pair(state, hub.url, tmp_path / "box")
+        await box.open()
+        world = make(state, hub, box)
+        try:
+            await asyncio.wait_for(scenario(world), 20)
+        finally:
+            if world.client is not None:
+                await world.client.close()
+            await world.hub.close()
+            box.close()
+
+    asyncio.run(main())
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)

@@ -36,7 +36,7 @@ from edge.uplink import controlwire as wire
 from edge.uplink.control import Backoff, ControlClient, HubCosignature, control_url
 from edge.uplink.enroll import make_csr, trust_context
 from edge.uplink.gate import Outcome
-from tests.hubworld import PairedBox, pair, request_token, start_hub
+from tests.hubworld import PairedBox, request_token, run_world, start_hub
 
 FAST = Backoff(initial_s=0.05, max_s=0.2)
 
@@ -78,20 +78,7 @@ class World:
 
 
 def run(state: HubState, tmp_path: Path, scenario: Callable[[World], Awaitable[None]], **hub_kw: Any) -> None:
-    async def main() -> None:
-        hub = await start_hub(state, **hub_kw)
-        box = await pair(state, hub.url, tmp_path / "box")
-        await box.open()
-        world = World(state, hub, box)
-        try:
-            await asyncio.wait_for(scenario(world), 20)
-        finally:
-            if world.client is not None:
-                await world.client.close()
-            await world.hub.close()
-            box.close()
-
-    asyncio.run(main())
+    run_world(World, state, tmp_path, scenario, **hub_kw)
 
 
 def _verify_decision(decision: dict[str, Any], public_key: bytes) -> None:

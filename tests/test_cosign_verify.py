@@ -32,7 +32,7 @@ from edge.uplink import controlwire as wire
 from edge.uplink import pairing
 from edge.uplink.control import Backoff, ControlClient, HubCosignature, control_url
 from edge.uplink.enroll import EnrollError, Enrollment, make_csr, parse_response
-from tests.hubworld import PairedBox, pair, start_hub
+from tests.hubworld import PairedBox, pair, run_world, start_hub, until
 
 SMALL_ORDER = b"\x01" + b"\x00" * 31  # y = 1: the identity point
 
@@ -131,27 +131,7 @@ class World:
 
 
 def run(state: HubState, tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
-    async def main() -> None:
-        hub = await start_hub(state)
-        box = await pair(state, hub.url, tmp_path / "box")
-        await box.open()
-        world = World(state, hub, box)
-        try:
-            await asyncio.wait_for(scenario(world), 20)
-        finally:
-            if world.client is not None:
-                await world.client.close()
-            await world.hub.close()
-            box.close()
-
-    asyncio.run(main())
-
-
-async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+    run_world(World, state, tmp_path, scenario)
 
 
 def test_the_witness_is_pinned_and_a_good_cosignature_passes_verified(
@@ -166,7 +146,7 @@ def test_the_witness_is_pinned_and_a_good_cosignature_passes_verified(
         cp = await w.checkpoint()
         t0 = time.perf_counter()
         await client.send_checkpoint(cp.note)
-        await _until(lambda: bool(w.cosigned))
+        await until(lambda: bool(w.cosigned))
         took = time.perf_counter() - t0
         (got,) = w.cosigned
         assert got.verified and got.size == cp.tree_size and got.note == cp.note.decode()
@@ -197,8 +177,8 @@ def test_a_cosignature_by_another_key_is_dropped_and_the_right_one_still_passes(
         await w.hub.control.wait_connected(w.box.device_id, timeout=5)
         cp = await w.checkpoint()
         await client.send_checkpoint(cp.note)
-        await _until(lambda: len(hub_state.cosignatures(w.box.device_id)) == 1)  # the hub did cosign
-        await _until(lambda: client.ignored == 1)
+        await until(lambda: len(hub_state.cosignatures(w.box.device_id)) == 1)  # the hub did cosign
+        await until(lambda: client.ignored == 1)
         assert w.cosigned == []
 
         # Other wrong lines: another name, a tampered signature, junk. All dropped.
@@ -210,13 +190,13 @@ def test_a_cosignature_by_another_key_is_dropped_and_the_right_one_still_passes(
             await w.hub.control.send_raw(
                 w.box.device_id, json.dumps({"type": "cosignature", "size": cp.tree_size, "line": line})
             )
-        await _until(lambda: client.ignored == 4)
+        await until(lambda: client.ignored == 4)
         assert w.cosigned == []
 
         await w.hub.control.send_raw(
             w.box.device_id, json.dumps({"type": "cosignature", "size": cp.tree_size, "line": good.line()})
         )
-        await _until(lambda: bool(w.cosigned))
+        await until(lambda: bool(w.cosigned))
         (got,) = w.cosigned
         assert got.verified and got.line == good.line() and got.timestamp == good.timestamp
 
@@ -242,7 +222,7 @@ def test_an_old_pairing_without_a_witness_keeps_working_unverified(
         await w.hub.control.wait_connected(w.box.device_id, timeout=5)
         cp = await w.checkpoint()
         await client.send_checkpoint(cp.note)
-        await _until(lambda: bool(w.cosigned))
+        await until(lambda: bool(w.cosigned))
         (got,) = w.cosigned
         assert not got.verified and got.timestamp is None and got.line.startswith("— edge.hub/met-hub-1 ")
 

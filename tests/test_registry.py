@@ -5,7 +5,6 @@ control channel (TLS 1.3 on 127.0.0.1, tests/hubworld.py) on every change and ev
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -29,7 +28,7 @@ from edge.store import Store
 from edge.uplink import controlwire as wire
 from edge.uplink import registry
 from edge.uplink.control import Backoff, ControlClient, ControlError, control_url
-from tests.hubworld import SHOP, PairedBox, pair, start_hub
+from tests.hubworld import SHOP, PairedBox, run_world, start_hub, until
 
 NOW_NS = 1_795_000_000_000_000_000
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -267,27 +266,7 @@ class World:
 
 
 def run(state: HubState, tmp_path: Path, scenario: Callable[[World], Awaitable[None]]) -> None:
-    async def main() -> None:
-        hub = await start_hub(state)
-        box = await pair(state, hub.url, tmp_path / "box")
-        await box.open()
-        world = World(state, hub, box)
-        try:
-            await asyncio.wait_for(scenario(world), 20)
-        finally:
-            if world.client is not None:
-                await world.client.close()
-            await world.hub.close()
-            box.close()
-
-    asyncio.run(main())
-
-
-async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
+    run_world(World, state, tmp_path, scenario)
 
 
 def test_the_hub_stores_and_acks_and_the_box_resends_after_a_reconnect(
@@ -300,7 +279,7 @@ def test_the_hub_stores_and_acks_and_the_box_resends_after_a_reconnect(
         t0 = time.perf_counter()
         first = await w.build()
         assert await client.send_registry(first)
-        await _until(lambda: client.registry_acked == first["version"])
+        await until(lambda: client.registry_acked == first["version"])
         took = time.perf_counter() - t0
         stored = hub_state.registry(device_id)
         assert stored is not None and stored.version == first["version"] and stored.doc == first
@@ -314,7 +293,7 @@ def test_the_hub_stores_and_acks_and_the_box_resends_after_a_reconnect(
         withdrawn = await w.build()
         assert withdrawn["cameras"] == [] and withdrawn["version"] > first["version"]
         await client.send_registry(withdrawn)
-        await _until(lambda: client.registry_acked == withdrawn["version"])
+        await until(lambda: client.registry_acked == withdrawn["version"])
         stored = hub_state.registry(device_id)
         assert stored is not None and stored.doc["cameras"] == []
         assert [r.device_id for r in hub_state.registries()] == [device_id]
@@ -327,7 +306,7 @@ def test_the_hub_stores_and_acks_and_the_box_resends_after_a_reconnect(
         client.registry_acked = None
         w.hub = await start_hub(hub_state, port=port)
         await w.hub.control.wait_connected(device_id, timeout=5)
-        await _until(lambda: client.registry_acked == withdrawn["version"])
+        await until(lambda: client.registry_acked == withdrawn["version"])
         assert client.connections == 2
 
         # A hub that lost the document gets it again on the next connection.
@@ -335,7 +314,7 @@ def test_the_hub_stores_and_acks_and_the_box_resends_after_a_reconnect(
             db.execute("DELETE FROM registry")
         await w.hub.control.close_all()
         await w.hub.control.wait_connected(device_id, timeout=5, after=1)
-        await _until(lambda: hub_state.registry(device_id) is not None)
+        await until(lambda: hub_state.registry(device_id) is not None)
         stored = hub_state.registry(device_id)
         assert stored is not None and stored.version == withdrawn["version"]
 
@@ -353,7 +332,7 @@ def test_the_box_keeps_a_document_sent_while_disconnected(hub_state: HubState, t
         doc = await w.build()
         assert not await client.send_registry(doc)  # not connected yet: kept
         client.start()
-        await _until(lambda: client.registry_acked == doc["version"])
+        await until(lambda: client.registry_acked == doc["version"])
         assert hub_state.registry(w.box.device_id) is not None
 
         huge = _resigned(doc, w.box.identity, version=doc["version"] + 1, cameras=[
