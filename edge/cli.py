@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
@@ -110,8 +111,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(
-    config: Config, *, on_tick: Callable[[Any], Any] | None = None, duration_s: float | None = None
+    config: Config,
+    *,
+    on_tick: Callable[[Any], Any] | None = None,
+    duration_s: float | None = None,
+    companion: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None,
 ) -> int:
+    """Run the daemon until SIGTERM/SIGINT (or ``duration_s``); ``companion``: entered before it starts and
+    left after it stops, in the same loop (the demo's local hub)."""
     from edge.daemon import Daemon  # the composition root is only imported to run it
 
     redactor = Redactor()
@@ -125,13 +132,14 @@ def _run_daemon(
             loop.add_signal_handler(sig, stop.set)
         if duration_s is not None:
             loop.call_later(duration_s, stop.set)
-        task = asyncio.create_task(daemon.run(stop))
-        if on_tick is not None:
-            ticker = asyncio.create_task(on_tick(daemon))
-            await task
-            ticker.cancel()
-        else:
-            await task
+        async with companion() if companion is not None else contextlib.nullcontext():
+            task = asyncio.create_task(daemon.run(stop))
+            if on_tick is not None:
+                ticker = asyncio.create_task(on_tick(daemon))
+                await task
+                ticker.cancel()
+            else:
+                await task
 
     asyncio.run(main())
     return 0
@@ -159,7 +167,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             await asyncio.sleep(args.every_s)
             _print_status(await daemon.camera_table())
 
-    demo.run(config, hub_dir=hub_dir, duration_s=args.duration_s, tick=ticker, say=_out)
+    demo.prepare_box(data_dir)
+    _run_daemon(
+        config,
+        on_tick=ticker,
+        duration_s=args.duration_s,
+        companion=lambda: demo.local_hub(data_dir, hub_dir, _out),
+    )
     _out(f"\nstopped. Recordings are in {data_dir / 'recordings'}; what the hub received is in {hub_dir}")
     _out(f"export a clip:  edge --data-dir {data_dir} export --camera 1 --from -30s --to now -o clip.mp4")
     _out(f"the audit log:  edge --data-dir {data_dir} audit show")

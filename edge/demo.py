@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge import __version__
-from edge.config import Config
 from edge.hub import server as hub_server
 from edge.hub.requests import RequestResult, make_request
 from edge.hub.state import DB_FILE, HubState
@@ -152,43 +150,19 @@ async def _report(
         say(f"hub:   camera {camera}: {record.bytes} bytes decrypted ({record.reason}) → {stream.video_path}")
 
 
-def run(config: Config, *, hub_dir: Path, duration_s: float | None, tick: Callable[[Any], Any],
-        say: Callable[[str], None]) -> None:  # fmt: skip
-    """Run hub and box until Ctrl-C / SIGTERM or ``duration_s``."""
-    from edge.clock import SystemClock
-    from edge.daemon import Daemon  # the composition root, run here as in `edge run`
-    from edge.logsetup import configure_logging
-    from edge.redact import Redactor
-
-    data_dir = config.storage.data_dir
-    prepare_box(data_dir)
-    redactor = Redactor()
-    configure_logging(config.log.level, redactor)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        if duration_s is not None:
-            loop.call_later(duration_s, stop.set)
-        state, hub = await start_hub(hub_dir)
-        say(f"hub: {state.agency} on {hub.url} ({hub_dir})")
-        device_id = await pair_box(data_dir, state, hub.url)
-        say(f"box: paired with {state.agency} as {device_id}\n")
-        daemon = Daemon(config, clock=SystemClock(), redactor=redactor)
-        box = asyncio.create_task(daemon.run(stop))
-        tasks = [
-            asyncio.create_task(tick(daemon)),
-            asyncio.create_task(requests(state, hub, device_id, say)),
-        ]
-        try:
-            await box
-        finally:
-            for t in tasks:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-            await hub.close()
-
-    asyncio.run(main())
+@contextlib.asynccontextmanager
+async def local_hub(data_dir: Path, hub_dir: Path, say: Callable[[str], None]) -> AsyncIterator[None]:
+    """Around the box's daemon: the hub is up and the box paired before it starts; the hub asks its three
+    requests while it runs, and stops after it."""
+    state, hub = await start_hub(hub_dir)
+    say(f"hub: {state.agency} on {hub.url} ({hub_dir})")
+    device_id = await pair_box(data_dir, state, hub.url)
+    say(f"box: paired with {state.agency} as {device_id}\n")
+    asking = asyncio.create_task(requests(state, hub, device_id, say))
+    try:
+        yield
+    finally:
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+        await hub.close()
