@@ -22,6 +22,7 @@ import functools
 import logging
 import ssl
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
@@ -103,7 +104,7 @@ class Sessions:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
-        self.results: list[StreamResult] = []  # the ended streams, newest last (status and tests)
+        self.results: deque[StreamResult] = deque(maxlen=64)  # the latest ended streams, newest last
 
     # --- the gate's side (database thread) ------------------------------------------------------------------
 
@@ -139,9 +140,9 @@ class Sessions:
     def start_share(self, request: AccessRequest, camera_id: int, from_utc_ns: int, to_utc_ns: int) -> str:
         """The owner answers a notice (a request refused ``not_integrated``) with a clip of ``camera_id``:
         sent like a recorded session, in mode ``share``, to the request's viewer key. The session handle."""
-        if camera_id in self._busy:
-            raise SessionError(f"camera {camera_id} is already sending", kind="busy")
         with self._lock:
+            if camera_id in self._busy:
+                raise SessionError(f"camera {camera_id} is already sending", kind="busy")
             self._busy = self._busy | {camera_id}
         scope = dataclasses.replace(
             request.scope, cameras=(camera_id,), mode="recorded",
