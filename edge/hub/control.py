@@ -29,13 +29,12 @@ from typing import Any, Final
 
 import rfc8785
 from aiohttp import WSMsgType, web
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from edge import checkpoint, jws
 from edge.errors import Error
+from edge.hub.peer import enrolled_device
 from edge.hub.state import HubState, StaleRegistry
 from edge.uplink import controlwire as wire
 from edge.uplink import registry
@@ -172,19 +171,10 @@ class ControlHub:
     # --- the endpoint --------------------------------------------------------------------------------------
 
     async def handler(self, request: web.Request) -> web.StreamResponse:
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
-            return _refuse(401, "no_client_cert", "present the client certificate this hub issued")
-        cert = x509.load_der_x509_certificate(der)
-        cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        device_id = str(cns[0].value) if cns else ""
-        device = await asyncio.to_thread(self.state.device, device_id) if device_id else None
-        if device is None or x509.load_pem_x509_certificate(device.client_cert.encode()).public_bytes(
-            Encoding.DER
-        ) != bytes(der):
-            # Unknown device, or a certificate superseded by a later enrollment.
-            return _refuse(403, "not_enrolled", "this client certificate is not an enrolled device's")
+        device = await enrolled_device(request, self.state)
+        if isinstance(device, web.Response):
+            return device
+        device_id = device.device_id
         ws = web.WebSocketResponse(max_msg_size=wire.TRANSPORT_MAX_BYTES, autoping=True)
         await ws.prepare(request)
         dev = _Device(device_id, device.device_key, ws)
@@ -368,7 +358,3 @@ def _decision_keys(token: str) -> list[str]:
         if isinstance(jti, str):
             keys.append(jti)
     return keys
-
-
-def _refuse(status: int, code: str, detail: str) -> web.Response:
-    return web.json_response({"error": code, "detail": detail}, status=status)
