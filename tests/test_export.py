@@ -360,3 +360,54 @@ def test_faststart_layout_and_hash(
     assert m.clip_sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
     assert m.clip_size == out.stat().st_size
     assert len(_video_packets(out)) == round(m.duration_s * FPS)
+
+
+def _stream(
+    rec: Recorded, from_ns: int, to_ns: int, stop_after: int | None = None
+) -> tuple[list[bytes], list[int], tuple[int, int]]:
+    pieces: list[bytes] = []
+    starts: list[int] = []
+
+    def take(piece: bytes) -> bool:
+        pieces.append(piece)
+        return stop_after is None or len(pieces) < stop_after
+
+    store = Store.open(rec.data_dir)
+    try:
+        span = export_module.stream_clip(
+            store, rec.data_dir, camera_id=rec.camera_id, from_utc_ns=from_ns, to_utc_ns=to_ns,
+            on_start=starts.append, on_piece=take, fragment_ms=500,
+        )  # fmt: skip
+    finally:
+        store.close()
+    return pieces, starts, span
+
+
+def test_a_streamed_clip_is_the_exported_clip_in_fragments(recorded: Recorded, tmp_path: Path) -> None:
+    """What a recorded media session sends (stream_clip): the same start, end and frames as the export of
+    the same range, across the gap, as init + whole fragments — and no file written."""
+    seg = recorded.first_run[1]
+    from_ns = seg.start_utc_ns + NS_PER_S // 3
+    to_ns = recorded.second_run[0].start_utc_ns + NS_PER_S
+    manifest = _export(recorded, tmp_path / "clip.mp4", from_ns, to_ns)
+    before = set(recorded.data_dir.rglob("*"))
+    pieces, starts, span = _stream(recorded, from_ns, to_ns)
+    assert set(recorded.data_dir.rglob("*")) == before
+    assert starts == [manifest.clip_start_utc_ns] and span == (
+        manifest.clip_start_utc_ns,
+        manifest.clip_end_utc_ns,
+    )
+    assert pieces[0][4:8] == b"ftyp" and all(p[4:8] == b"moof" for p in pieces[1:]) and len(pieces) > 3
+    streamed = tmp_path / "streamed.mp4"
+    streamed.write_bytes(b"".join(pieces))
+    exported = [(p["pts_time"], p["flags"][0]) for p in _video_packets(tmp_path / "clip.mp4")]
+    assert [(p["pts_time"], p["flags"][0]) for p in _video_packets(streamed)] == exported
+    assert decodes(streamed) is None
+
+
+def test_a_streamed_clip_stops_when_its_consumer_does(recorded: Recorded) -> None:
+    seg = recorded.first_run[0]
+    pieces, starts, _ = _stream(recorded, seg.start_utc_ns, recorded.second_run[-1].end_utc_ns, stop_after=2)
+    assert len(pieces) == 2 and len(starts) == 1
+    with pytest.raises(ExportError, match="no recordings"):
+        _stream(recorded, seg.start_utc_ns - 100 * NS_PER_S, seg.start_utc_ns - 50 * NS_PER_S)

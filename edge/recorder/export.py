@@ -53,6 +53,7 @@ from edge.clock import NS_PER_MS, NS_PER_S
 from edge.errors import ExportError
 from edge.fsutil import create_exclusive, fsync_dir
 from edge.recorder.faststart import faststart_and_hash
+from edge.recorder.fmp4out import DEFAULT_FRAGMENT_MS, PieceSink, muxer_options
 from edge.recorder.manifest import (
     HASH_CHUNK_BYTES,
     MANIFEST_VERSION,
@@ -250,7 +251,9 @@ class _Output:
 
 
 class _Exporter:
-    def __init__(self, data_dir: Path, from_utc_ns: int, to_utc_ns: int, hasher: _SourceHasher) -> None:
+    def __init__(
+        self, data_dir: Path, from_utc_ns: int, to_utc_ns: int, hasher: _SourceHasher | None
+    ) -> None:
         self._data_dir = data_dir
         self._hasher = hasher
         self._from = from_utc_ns
@@ -280,7 +283,7 @@ class _Exporter:
         except (av.error.FFmpegError, OSError) as e:
             os.close(fd)
             raise ExportError(f"cannot read segment {seg.path}: {e}") from None
-        if not hashed:
+        if not hashed or self._hasher is None:
             os.close(fd)
             return container, None
         return container, self._hasher.add(fd, seg.bytes, seg.path)
@@ -578,6 +581,76 @@ def export_clip(
     return manifest
 
 
+class _Stop(Exception):
+    """Raised by a streamed clip's consumer to end the copy early."""
+
+
+def stream_clip(
+    store: Store,
+    data_dir: Path,
+    *,
+    camera_id: int,
+    from_utc_ns: int,
+    to_utc_ns: int,
+    on_start: Callable[[int], None],
+    on_piece: Callable[[bytes], bool],
+    fragment_ms: int = DEFAULT_FRAGMENT_MS,
+) -> tuple[int, int]:
+    """The clip :func:`export_clip` would make of ``[from, to]`` — the same plan, keyframe start, wall-time
+    positions and bound on open segments — as fragmented MP4 pieces handed over as they are muxed (the init
+    segment, then whole fragments): what a media session sends. No file, no faststart pass, no manifest.
+
+    ``on_start(clip_start_utc_ns)`` comes before the first piece; ``on_piece`` returns False to stop the copy
+    early. Returns the clip's (start, end) wall times. Blocking: run it on a worker thread. Raises
+    :class:`NotFound` for an unknown camera and :class:`ExportError` for an empty range or a read failure.
+    """
+    if from_utc_ns >= to_utc_ns:
+        raise ExportError(f"range is empty or reversed: from {iso_utc(from_utc_ns)} to {iso_utc(to_utc_ns)}")
+    store.camera(camera_id)
+    pieces = _plan(store.segments(camera_id=camera_id, from_utc_ns=from_utc_ns, to_utc_ns=to_utc_ns),
+                   from_utc_ns, to_utc_ns)  # fmt: skip
+    exporter = _Exporter(data_dir, from_utc_ns, to_utc_ns, None)
+    out: _Output | None = None
+    started = False
+
+    def emit(piece: bytes) -> None:
+        nonlocal started
+        if not started:
+            assert out is not None and out.clip_start_utc_ns is not None  # the preroll precedes any mux
+            on_start(out.clip_start_utc_ns)
+            started = True
+        if not on_piece(piece):
+            raise _Stop
+
+    sink = PieceSink(emit)
+    try:
+        for piece in pieces:
+            container, _ = exporter.open_input(piece.segment, hashed=False)
+            try:
+                if out is None:
+                    out = _open_output(sink, container, exporter, pieces, muxer_options(
+                        every_frame=False, fragment_ms=fragment_ms))  # fmt: skip
+                exporter.copy(out, piece, container)
+            except (av.error.FFmpegError, OSError) as e:
+                raise ExportError(f"reading segment {piece.segment.path} failed: {e}") from None
+            finally:
+                _close_quietly(container)
+            if piece.place_utc_ns + piece.segment.media_duration_ns > to_utc_ns:
+                break
+        if out is None or out.clip_start_utc_ns is None or out.packets == 0:
+            raise _no_footage(camera_id, from_utc_ns, to_utc_ns)
+        try:
+            out.container.close()  # the last fragment
+        except (av.error.FFmpegError, OSError) as e:
+            raise ExportError(f"finishing the stream failed: {e}") from None
+        return out.clip_start_utc_ns, out.clip_end_utc_ns
+    except _Stop:
+        return (out.clip_start_utc_ns or 0, out.clip_end_utc_ns) if out is not None else (0, 0)
+    finally:
+        if out is not None:
+            _close_quietly(out.container)
+
+
 def _no_footage(camera_id: int, from_utc_ns: int, to_utc_ns: int) -> ExportError:
     return ExportError(
         f"no recordings for camera {camera_id} between {iso_utc(from_utc_ns)} and {iso_utc(to_utc_ns)}",
@@ -609,7 +682,8 @@ def _write_clip(
             assert job is not None
             try:
                 if out is None:
-                    out = _open_output(tmp, container, exporter, pieces, libav_faststart=libav_faststart)
+                    options = {"movflags": "+faststart"} if libav_faststart else {}
+                    out = _open_output(f"file:{tmp.resolve()}", container, exporter, pieces, options)
                 copied = exporter.copy(out, piece, container)
             except (av.error.FFmpegError, OSError) as e:
                 raise ExportError(f"reading segment {seg.path} failed: {e}") from None
@@ -630,16 +704,15 @@ def _write_clip(
 
 
 def _open_output(
-    tmp: Path,
+    target: str | PieceSink,
     first: av.container.InputContainer,
     exporter: _Exporter,
     pieces: list[_Piece],
-    *,
-    libav_faststart: bool,
+    options: dict[str, str],
 ) -> _Output:
-    """The clip's muxer: video as in the first segment, audio as in the first segment that has any."""
-    options = {"movflags": "+faststart"} if libav_faststart else {}
-    container = av.open(f"file:{tmp.resolve()}", "w", format="mp4", options=options)
+    """The clip's muxer (to a file URL or a sink): video as in the first segment, audio as in the first
+    segment that has any."""
+    container = av.open(target, "w", format="mp4", options=options)
     try:
         vin = first.streams.video[0]
         video = container.add_stream_from_template(vin)

@@ -13,7 +13,7 @@ and last about ``fragment_ms`` (recorded: fewer, larger frames).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 from typing import Final
 
@@ -29,16 +29,27 @@ from edge.recorder.fmp4stream import FragmentComplete, FragmentTracker, InitComp
 DEFAULT_FRAGMENT_MS: Final = 1000
 
 
-class _Sink:
-    """libav's output: keeps the bytes until the tracker says a box is complete. Not seekable, so libav
-    flushes after every packet."""
+def muxer_options(*, every_frame: bool, fragment_ms: int = DEFAULT_FRAGMENT_MS) -> dict[str, str]:
+    """libav mp4 options for a fragmented stream: an empty moov (the init segment), then fragments at every
+    frame or at keyframes every ``fragment_ms``."""
+    flags = "empty_moov+default_base_moof+" + ("frag_every_frame" if every_frame else "frag_keyframe")
+    options = {"movflags": flags}
+    if not every_frame:
+        options["frag_duration"] = str(fragment_ms * 1000)
+    return options
 
-    def __init__(self) -> None:
+
+class PieceSink:
+    """libav's output (a file-like object): cuts the bytes into pieces as the tracker sees each box
+    complete, and hands each piece to ``on_piece`` (or keeps them in :attr:`pieces`). Not seekable, so libav
+    flushes after every packet. An exception from ``on_piece`` comes out of the mux call that wrote it."""
+
+    def __init__(self, on_piece: Callable[[bytes], None] | None = None) -> None:
         self.tracker = FragmentTracker()
         self.buffer = bytearray()
         self.base = 0  # stream offset of buffer[0]
         self.pieces: list[bytes] = []
-        self.media_bytes = 0
+        self._on_piece = on_piece if on_piece is not None else self.pieces.append
 
     def write(self, data: bytes) -> int:
         self.buffer += data
@@ -54,7 +65,7 @@ class _Sink:
             del self.buffer[: start - self.base]
             self.base = start
         n = end - self.base
-        self.pieces.append(bytes(self.buffer[:n]))
+        self._on_piece(bytes(self.buffer[:n]))
         del self.buffer[:n]
         self.base = end
 
@@ -77,11 +88,8 @@ class Fmp4Writer:
         every_frame: bool = False,
         fragment_ms: int = DEFAULT_FRAGMENT_MS,
     ) -> None:
-        self._sink = _Sink()
-        flags = "empty_moov+default_base_moof+" + ("frag_every_frame" if every_frame else "frag_keyframe")
-        options = {"movflags": flags}
-        if not every_frame:
-            options["frag_duration"] = str(fragment_ms * 1000)
+        self._sink = PieceSink()
+        options = muxer_options(every_frame=every_frame, fragment_ms=fragment_ms)
         try:
             self._out = av.open(self._sink, "w", format="mp4", options=options)
             self._video = self._out.add_stream_from_template(video)
@@ -156,7 +164,8 @@ class Fmp4Writer:
 
     def take(self) -> list[bytes]:
         """The pieces completed since the last call: the init segment first, then whole fragments."""
-        pieces, self._sink.pieces = self._sink.pieces, []
+        pieces = list(self._sink.pieces)
+        self._sink.pieces.clear()
         return pieces
 
     def close(self) -> list[bytes]:

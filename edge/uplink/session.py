@@ -4,7 +4,7 @@ The box opens ``wss://<hub>/v1/media/<session>/<camera>`` (its own connection: o
 session header with the stream key wrapped to the request's viewer key, then the fMP4 pieces as sealed frames,
 the final frame, and an ``end`` message. Where the pieces come from is a :class:`PieceSource`:
 :class:`LiveSource` (the camera's fan-out, starting from its GOP cache) or :class:`RecordedSource` (the range,
-exported as `edge export` does and re-fragmented on a worker thread).
+cut as `edge export` cuts it and muxed straight into fragments on a worker thread).
 
 A stream ends at the first of: the source is done (``complete``) or silent (``camera_lost``), ``max_dur``
 elapsed, the owner's stop (:meth:`MediaStream.stop` with ``killswitch`` or ``withdrawn``), the hub closing
@@ -35,10 +35,9 @@ import yarl
 from edge import jws
 from edge.clock import NS_PER_MS, Clock
 from edge.errors import Error, NotFound
-from edge.recorder.export import export_clip
+from edge.recorder.export import stream_clip
 from edge.recorder.fanout import Fanout, MediaPacket, Subscription
 from edge.recorder.fmp4out import Fmp4Writer
-from edge.recorder.manifest import Manifest, manifest_path_for
 from edge.store import Store
 from edge.uplink import controlwire as wire
 from edge.uplink import media
@@ -142,59 +141,44 @@ class LiveSource:
 
 
 class RecordedSource:
-    """A recorded range: exported as `edge export` would (keyframe at or before ``from``, the open segment
-    included), then re-fragmented; both on a worker thread, a few pieces ahead of the network."""
+    """A recorded range, cut as `edge export` cuts it (keyframe at or before ``from``, the open segment up to
+    its indexed bytes) and muxed straight into fragments (:func:`edge.recorder.export.stream_clip`) on a
+    worker thread, a few pieces ahead of the network: no temporary file on the box's disk."""
 
-    def __init__(
-        self, data_dir: Path, *, camera_id: int, from_utc_ns: int, to_utc_ns: int, work: Path, now_utc_ns: int
-    ) -> None:
+    def __init__(self, data_dir: Path, *, camera_id: int, from_utc_ns: int, to_utc_ns: int) -> None:
         self._data_dir = data_dir
         self._camera_id = camera_id
         self._from, self._to = from_utc_ns, to_utc_ns
-        self._clip = work
-        self._now = now_utc_ns
         self._queue: queue.Queue[object] = queue.Queue(maxsize=8)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.manifest: Manifest | None = None
 
     async def open(self) -> int:
-        self._clip.parent.mkdir(parents=True, exist_ok=True)
-        self.manifest = await asyncio.to_thread(self._export)
         self._thread = threading.Thread(target=self._produce, name=f"uplink-{self._camera_id}", daemon=True)
         self._thread.start()
-        return self.manifest.clip_start_utc_ns // NS_PER_MS
+        first = await asyncio.to_thread(self._queue.get)  # the clip's start, or why there is none
+        if isinstance(first, SessionError):
+            raise first
+        assert isinstance(first, _Start)
+        return first.utc_ns // NS_PER_MS
 
-    def _export(self) -> Manifest:
+    def _produce(self) -> None:
         store = Store.open(self._data_dir)  # a Store belongs to one thread: this one has its own
         try:
-            return export_clip(store, self._data_dir, camera_id=self._camera_id, from_utc_ns=self._from,
-                               to_utc_ns=self._to, out_path=self._clip, now_utc_ns=self._now)  # fmt: skip
+            stream_clip(
+                store, self._data_dir, camera_id=self._camera_id, from_utc_ns=self._from, to_utc_ns=self._to,
+                on_start=self._started, on_piece=self._put,
+            )  # fmt: skip
+            self._put(_DONE)
         except NotFound as e:
-            raise SessionError(e.message, kind="camera_lost") from None
+            self._put(SessionError(e.message, kind="camera_lost"))
+        except (Error, av.error.FFmpegError, OSError) as e:
+            self._put(SessionError(f"reading the recording failed: {e}", kind="error"))
         finally:
             store.close()
 
-    def _produce(self) -> None:
-        try:
-            with av.open(str(self._clip)) as clip:
-                video = clip.streams.video[0]
-                audio = clip.streams.audio[0] if clip.streams.audio else None
-                writer = Fmp4Writer(video, audio)
-                for pkt in clip.demux(video, *([audio] if audio is not None else [])):
-                    if pkt.dts is None or pkt.time_base is None:
-                        continue
-                    kind = "video" if pkt.stream is video else "audio"
-                    writer.push(MediaPacket.from_av(pkt, kind, pkt.time_base, 0))
-                    for piece in writer.take():
-                        if not self._put(piece):
-                            return
-                for piece in writer.close():
-                    if not self._put(piece):
-                        return
-            self._put(_DONE)
-        except (Error, av.error.FFmpegError, OSError) as e:
-            self._put(SessionError(f"reading the recording failed: {e}", kind="error"))
+    def _started(self, clip_start_utc_ns: int) -> None:
+        self._put(_Start(clip_start_utc_ns))
 
     def _put(self, item: object) -> bool:
         while not self._stop.is_set():
@@ -216,8 +200,11 @@ class RecordedSource:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        for p in (self._clip, manifest_path_for(self._clip)):
-            p.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class _Start:
+    utc_ns: int
 
 
 @dataclass(frozen=True)

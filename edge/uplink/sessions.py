@@ -89,7 +89,6 @@ class Sessions:
         self.uplink = uplink
         self._store = store
         self._db = db
-        self._work = data_dir / "uplink"
         self._data_dir = data_dir
         self._clock = clock
         self._config = config
@@ -175,11 +174,9 @@ class Sessions:
                 return _Unavailable()
             return LiveSource(fanout, self._clock, idle_s=self._config.camera_idle_s)
         assert request.scope.from_s is not None and request.scope.to_s is not None
-        handle = media.session_handle(request.jti)
         return RecordedSource(
             self._data_dir, camera_id=camera_id,
             from_utc_ns=request.scope.from_s * NS_PER_S, to_utc_ns=request.scope.to_s * NS_PER_S,
-            work=self._work / f"{handle}-{camera_id}.mp4", now_utc_ns=self._clock.now_utc_ns(),
         )  # fmt: skip
 
     async def _run(self, request: AccessRequest, camera_id: int, *, mode: str | None = None) -> None:
